@@ -1,0 +1,69 @@
+"""The real local Showdown server: start, stop, errors, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+from websockets.sync.client import connect
+
+from battles.server import ServerError, ShowdownServer, port_in_use
+
+pytestmark = pytest.mark.server
+
+
+def greets(server: ShowdownServer) -> str:
+    """The server's first messages to a new client (they include the login challenge)."""
+    with connect(server.websocket_url, open_timeout=5) as ws:
+        return "\n".join(ws.recv(timeout=5) for _ in range(2))
+
+
+def test_start_stop_on_free_port():
+    with ShowdownServer() as server:
+        assert server.websocket_url.startswith("ws://127.0.0.1:")
+        assert "challstr" in greets(server)
+        port = server.port
+        assert port_in_use(port)
+    assert not server.is_alive()
+    assert not port_in_use(port)
+
+
+def test_binds_loopback_only():
+    with ShowdownServer() as server:
+        listening = os.popen(f"ss -ltnH 'sport = :{server.port}'").read()
+        if listening:  # ss exists here; it shows the bound address
+            assert "127.0.0.1:" in listening and "0.0.0.0:" not in listening.split()[3]
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServerError, match=f"port {port} .* is in use"):
+            ShowdownServer(port).start()
+
+
+def test_never_comes_up_reports_output(tmp_path, monkeypatch):
+    # A package folder whose server exits at once: the error carries its last output.
+    fake = tmp_path / "pokemon-showdown"
+    (fake / "config").mkdir(parents=True)
+    (fake / "pokemon-showdown").write_text("console.log('cannot start: broken install'); process.exit(3);\n")
+    monkeypatch.setenv("QABRA_SHOWDOWN_DIR", str(fake))
+    with pytest.raises(ServerError, match="(?s)exited with code 3.*broken install"):
+        ShowdownServer(startup_timeout=20).start()
+
+
+def test_restarts_when_killed_and_several_run_at_once():
+    with ShowdownServer() as a, ShowdownServer() as b:
+        assert a.port != b.port
+        os.killpg(a.pid, signal.SIGKILL)
+        a._proc.wait(timeout=10)
+        assert not a.is_alive()
+        assert a.ensure_running() is True
+        assert a.restarts == 1
+        assert "challstr" in greets(a)
+        assert "challstr" in greets(b)
+        assert b.ensure_running() is False
