@@ -1,0 +1,147 @@
+"""One configuration path for every recipe: a typed dataclass with defaults in code, an
+optional YAML file, and `key=value` overrides on the command line (dotted keys reach
+nested dataclasses: `trainer.lr=1e-3`). The resolved config is saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"config key '{key}': {value!r} fits none of {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, str):  # CLI form: a:0.3,b:0.7
+            pairs = [p.split(":", 1) for p in value.split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"config key '{key}' wants name:value,name:value; got {value!r}")
+            value = dict(pairs)
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' must be a mapping, got {value!r}")
+        vtype = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config key '{key}' must be true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key '{key}' must be {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys are an error naming them."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+            f"known: {', '.join(prefix + k for k in fields)}"
+        )
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) as plain YAML-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _set_dotted(data: dict, key: str, value: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults from `cls`, then the YAML file at `path`, then `key=value` overrides."""
+    # Missing keys (at any depth) take the dataclass defaults, so a file or an override
+    # names only what differs.
+    data: dict = {}
+    if path:
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. trainer.lr=1e-3)")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(data, key.strip(), parsed)
+    return from_dict(cls, data)
+
+
+def save_config(obj: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    os.replace(tmp, path)

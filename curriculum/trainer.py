@@ -1,0 +1,347 @@
+"""The one trainer every curriculum stage uses.
+
+A recipe builds the model, the data and a loss function, then calls `Trainer(...).fit()`.
+The trainer owns what is easy to get subtly wrong and so lives once: accelerate set-up,
+gradient accumulation and clipping, the learning-rate schedule, validation, model
+checkpoints, and automatic resume. Running the same command again on the same run folder
+continues from the last saved step with the same data position, RNG state and wandb run
+id; the metrics log keeps every step exactly once.
+
+Run folder layout:
+    config.yaml          resolved config (written by the recipe)
+    metrics.jsonl        one JSON line per logged step (and per validation)
+    state/step-NNNNNNN/  full training state (accelerate save_state + trainer.json), last K kept
+    checkpoints/step-NNNNNNN/, final/   model checkpoints (safetensors + config.json)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class ResumableData(Protocol):
+    """Training data the trainer can rewind: an iterable of batches with a position."""
+
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, schedule, checkpointing and logging settings shared by every recipe."""
+
+    max_steps: int = 1000
+    batch_size: int = 16  # battles (windows) per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    keep_states: int = 2
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | no | bf16
+    seed: int = 0
+    stop_after_steps: int = 0  # >0: stop this invocation after that many steps (time-boxed chunks)
+    wandb_project: str = "qabra"
+    wandb_mode: str = "offline"  # offline | online | disabled
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto|no|bf16|fp16, got {self.mixed_precision!r}")
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb_mode must be offline|online|disabled, got {self.wandb_mode!r}")
+        for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every", "log_every", "keep_states"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine or constant."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    finished: bool
+    final_checkpoint: Path | None
+    last_metrics: dict
+    val_metrics: dict
+
+
+_STATE_RE = re.compile(r"^step-(\d+)$")
+
+
+def _step_folders(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.exists():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def _atomic_dump_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains `model` on `train_data` with `loss_fn`, resuming from `run_dir` when it holds state."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        run_dir: str | Path,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        train_data: ResumableData,
+        *,
+        val_data: Iterable[dict] | None = None,
+        save_model: Callable[[torch.nn.Module, Path, dict], None] | None = None,
+        run_config: dict | None = None,
+        accelerator: Accelerator | None = None,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.loss_fn = loss_fn
+        self.train_data = train_data
+        self.val_data = val_data
+        self.save_model = save_model
+        self.run_config = run_config or {}
+        precision = cfg.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() else "no"
+        self.accelerator = accelerator or Accelerator(
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision
+        )
+        set_seed(cfg.seed)
+        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.95),
+            fused=torch.cuda.is_available() or None,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.step = 0
+        self.wandb_id: str | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._wandb = None
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _save_state(self) -> None:
+        """Full training state, atomically: a temporary folder renamed into place."""
+        states = self.run_dir / "state"
+        final = states / f"step-{self.step:07d}"
+        tmp = states / f".tmp-step-{self.step:07d}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            _atomic_dump_json(
+                {"step": self.step, "data": self.train_data.state_dict(), "wandb_id": self.wandb_id},
+                tmp / "trainer.json",
+            )
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for _, old in _step_folders(states)[: -self.cfg.keep_states]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _try_resume(self) -> None:
+        """Load the newest readable state; a corrupt one falls back to the one before."""
+        for _, folder in reversed(_step_folders(self.run_dir / "state")):
+            try:
+                meta = json.loads((folder / "trainer.json").read_text())
+                self.accelerator.load_state(str(folder))
+            except Exception as err:  # a half-written or damaged state: try the previous one
+                log.warning("training state %s is unreadable (%s); falling back to an earlier one", folder, err)
+                continue
+            self.step = int(meta["step"])
+            self.train_data.load_state_dict(meta["data"])
+            self.wandb_id = meta.get("wandb_id")
+            if self.is_main:
+                log.info("resumed %s at step %d", self.run_dir, self.step)
+            return
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics logged after the resumed step, so every step appears exactly once."""
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        kept = [
+            line for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= self.step
+        ]
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def _start_wandb(self) -> None:
+        if not self.is_main or self.cfg.wandb_mode == "disabled":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        # Offline runs keep the id but start a new folder on every init; the step axis is ours.
+        self._wandb = wandb.init(
+            project=self.cfg.wandb_project, id=self.wandb_id, resume="allow", mode=self.cfg.wandb_mode,
+            dir=str(self.run_dir), config={"trainer": asdict(self.cfg), **self.run_config},
+            name=self.run_dir.name,
+        )
+
+    def _save_checkpoint(self, path: Path, metrics: dict) -> None:
+        if self.save_model is None:
+            return
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            meta = {"step": self.step, "run_dir": str(self.run_dir), "wandb_id": self.wandb_id, **metrics}
+            self.save_model(self.accelerator.unwrap_model(self.model), path, meta)
+        self.accelerator.wait_for_everyone()
+
+    # -- evaluation ---------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean validation metrics over `eval_batches` batches (weighted by decisions)."""
+        if self.val_data is None:
+            return {}
+        self.model.eval()
+        totals: dict[str, float] = {}
+        weight = 0.0
+        for i, batch in enumerate(self.val_data):
+            if i >= self.cfg.eval_batches:
+                break
+            batch = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with self.accelerator.autocast():
+                _, metrics = self.loss_fn(self.model, batch)
+            n = float(metrics.get("decisions", 1.0))
+            weight += n
+            for k, v in metrics.items():
+                if k != "decisions":
+                    totals[k] = totals.get(k, 0.0) + float(v) * n
+        self.model.train()
+        stats = torch.tensor([weight, *totals.values()], device=self.accelerator.device, dtype=torch.float64)
+        stats = self.accelerator.reduce(stats, reduction="sum")
+        if stats[0] <= 0:
+            return {}
+        return {f"val_{k}": float(v / stats[0]) for k, v in zip(totals.keys(), stats[1:])}
+
+    # -- the loop -----------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to `max_steps` (or `stop_after_steps` more), checkpointing and resuming."""
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._try_resume()
+        if self.wandb_id is None:
+            self.wandb_id = uuid.uuid4().hex[:12]
+        self._truncate_metrics()
+        self._start_wandb()
+        stop_at = min(cfg.max_steps, self.step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps
+        data = iter(self.train_data)
+        self.model.train()
+        last: dict = {}
+        val: dict = {}
+        window_decisions, window_start = 0.0, time.monotonic()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.is_main, desc=self.run_dir.name,
+                   dynamic_ncols=True)
+        try:
+            while self.step < stop_at:
+                lr = cfg.lr_at(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                sums: dict[str, float] = {}
+                for _ in range(cfg.grad_accum):
+                    batch = next(data)
+                    batch = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    with self.accelerator.accumulate(self.model):
+                        with self.accelerator.autocast():
+                            loss, metrics = self.loss_fn(self.model, batch)
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients:
+                            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                self.step += 1
+                window_decisions += sums.get("decisions", 0.0) * self.accelerator.num_processes
+                if self.step % cfg.log_every == 0 or self.step == stop_at:
+                    stats = torch.tensor(list(sums.values()), device=self.accelerator.device, dtype=torch.float64)
+                    stats = self.accelerator.reduce(stats, reduction="mean") / cfg.grad_accum
+                    elapsed = max(time.monotonic() - window_start, 1e-9)
+                    last = {"step": self.step, "lr": lr, "grad_norm": float(grad_norm),
+                            **{k: float(v) for k, v in zip(sums.keys(), stats)},
+                            "decisions_per_s": window_decisions / elapsed}
+                    last.pop("decisions", None)
+                    self._log(last)
+                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
+                                    dec_s=f"{last['decisions_per_s']:.0f}")
+                    window_decisions, window_start = 0.0, time.monotonic()
+                bar.update(1)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    val = self.evaluate()
+                    if val:
+                        self._log({"step": self.step, **val})
+                if self.step % cfg.checkpoint_every == 0 or self.step == stop_at:
+                    self._save_state()
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save_checkpoint(self.run_dir / "checkpoints" / f"step-{self.step:07d}", {**last, **val})
+        finally:
+            bar.close()
+            if self._wandb is not None:
+                self._wandb.finish()
+        final = None
+        if self.step >= cfg.max_steps:
+            final = self.run_dir / "final"
+            self._save_checkpoint(final, {**last, **val})
+        return TrainResult(self.step, self.step >= cfg.max_steps, final, last, val)
