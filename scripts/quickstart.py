@@ -1,0 +1,98 @@
+"""The quickstart pipeline (see scripts/quickstart.sh). Each step skips what is done."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from battles.build import build
+from battles.logs import count_battles
+from battles.server import ShowdownServer
+from curriculum.config import load_config
+from curriculum.pretrain import PretrainConfig
+from curriculum.pretrain import run as pretrain
+from eval.match import Match
+
+REPO = Path(__file__).resolve().parents[1]
+
+FORMAT = "gen1ou"
+# Heuristic pairs whose battles the policy imitates (random's choices would only be noise).
+DATA_PAIRS = [("tactician", "maxbp"), ("tactician", "bestdamage"), ("bestdamage", "maxbp"),
+              ("tactician", "heuristic"), ("tactician", "tactician")]
+OPPONENTS = ["random", "maxbp", "tactician"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Qabra quickstart: battles -> trajectories -> policy -> evaluation")
+    parser.add_argument("--out", default="runs/quickstart")
+    parser.add_argument("--battles", type=int, default=400, help="heuristic battles to learn from")
+    parser.add_argument("--steps", type=int, default=1500, help="pretraining steps")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--eval-n", type=int, default=100, help="battles per opponent in the evaluation")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    out = REPO / args.out
+    t0 = time.monotonic()
+    timings = {}
+
+    with ShowdownServer() as server:
+        # 1. Battles between heuristic agents, recorded.
+        battles_dir = out / "battles"
+        per_pair = -(-args.battles // len(DATA_PAIRS))
+        for i, (a, b) in enumerate(DATA_PAIRS):
+            pair_dir = battles_dir / f"{a}-vs-{b}"
+            have = count_battles(pair_dir) if pair_dir.exists() else 0
+            if have < per_pair:
+                Match(a, b, battle_format=FORMAT, team_set="competitive", n=per_pair - have, out_dir=pair_dir,
+                      concurrency=args.concurrency, seed=100 + i + have, server=server).run()
+        timings["battles_s"] = round(time.monotonic() - t0, 1)
+
+        # 2. Trajectories from our battles and the bundled human replays.
+        t = time.monotonic()
+        traj_dir = out / "trajectories"
+        built = build([battles_dir], traj_dir, progress=False)
+        human = build([REPO / "battles/data/replays"], traj_dir, progress=False)
+        print("build (selfplay):", json.dumps(built))
+        print("build (human):   ", json.dumps(human))
+        timings["build_s"] = round(time.monotonic() - t, 1)
+
+        # 3. Pretrain the policy (resumes if interrupted).
+        t = time.monotonic()
+        cfg = load_config(PretrainConfig, None, [
+            f"run_dir={out / 'pretrain'}", f"data=[{traj_dir}]", "mix=selfplay:0.9,human:0.1",
+            f"formats=[{FORMAT}]", f"preset={args.preset}", f"trainer.max_steps={args.steps}",
+            "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=250",
+            "trainer.checkpoint_every=500", "trainer.log_every=25", "window=64",
+        ])
+        pretrain(cfg)
+        timings["pretrain_s"] = round(time.monotonic() - t, 1)
+
+        # 4. The trained policy against each opponent.
+        t = time.monotonic()
+        policy = f"policy:{out / 'pretrain' / 'final'}"
+        rows = []
+        for j, opponent in enumerate(OPPONENTS):
+            result = Match(policy, opponent, battle_format=FORMAT, team_set="competitive", n=args.eval_n,
+                           out_dir=out / "eval" / opponent, concurrency=args.concurrency, seed=1000 + j,
+                           server=server).run()
+            rows.append({"opponent": opponent, **result.summary()})
+        timings["eval_s"] = round(time.monotonic() - t, 1)
+
+    timings["total_s"] = round(time.monotonic() - t0, 1)
+    print(f"\n{'opponent':12} {'battles':>7} {'win rate':>8}   95% interval")
+    for r in rows:
+        lo, hi = r["ci95"]
+        print(f"{r['opponent']:12} {r['battles']:>7} {r['p1_winrate']:>8.3f}   [{lo:.3f}, {hi:.3f}]")
+    summary = {"format": FORMAT, "policy": policy, "preset": args.preset, "steps": args.steps,
+               "data": {"selfplay": built, "human": human}, "results": rows, "timings": timings}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\nsummary: {out / 'summary.json'} ({timings['total_s']:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()

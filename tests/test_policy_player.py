@@ -1,0 +1,65 @@
+"""The policy player in real battles: batched decisions, never an illegal choice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from poke_env import AccountConfiguration
+from poke_env.player import RandomPlayer
+
+from agents.policy import PolicyPlayer
+from battles.encode import ObservationEncoder
+from battles.teams import load_team_set
+from models.checkpoint import save_checkpoint
+from models.policy import PolicyConfig, PolicyTransformer
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    enc = ObservationEncoder()
+    model = PolicyTransformer(PolicyConfig.preset("tiny", vocab_size=enc.vocab.size, n_tokens=enc.n_tokens,
+                                                  n_numbers=enc.n_numbers))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(path, model, encoder_version=enc.version, vocab_hash=enc.vocab.hash)
+    return path
+
+
+class Watched(PolicyPlayer):
+    """Counts every error line the server sends back (an illegal choice gets one)."""
+
+    errors: list
+
+    async def _handle_battle_message(self, split_messages):
+        for msg in split_messages:
+            if len(msg) > 1 and msg[1] == "error":
+                self.errors.append("|".join(msg))
+        await super()._handle_battle_message(split_messages)
+
+
+@pytest.mark.parametrize("fmt,n", [("gen1ou", 8), ("gen9ou", 4)])
+def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
+    teams = load_team_set("competitive", fmt)
+    # A random-init model at a high temperature tries every kind of legal action.
+    policy = Watched(str(checkpoint), temperature=3.0, seed=0,
+                     account_configuration=AccountConfiguration.generate("pol", rand=True), battle_format=fmt,
+                     team=teams.sampler(0), server_configuration=showdown.server_configuration,
+                     max_concurrent_battles=n, log_level=40)
+    policy.errors = []
+    rival = RandomPlayer(account_configuration=AccountConfiguration.generate("rnd", rand=True), battle_format=fmt,
+                         team=teams.sampler(1), server_configuration=showdown.server_configuration,
+                         max_concurrent_battles=n, log_level=40)
+
+    async def play():
+        await policy.battle_against(rival, n_battles=n)
+        for p in (policy, rival):
+            await p.ps_client.stop_listening()
+
+    asyncio.run(play())
+    assert policy.n_finished_battles == n
+    assert policy.errors == []
+    assert policy.decisions >= 5 * n
+    assert policy.batches < policy.decisions  # concurrent battles shared forward passes
+    assert policy._caches == {}  # every finished battle released its cache
