@@ -4,7 +4,7 @@
     decisions = views_from_log(rec.replay, "p1", choices=rec.choices["p1"], team=rec.teams["p1"])
     view = view_from_battle(battle)                          # inside a poke-env choose_move
 
-Both ways run the same public tracker (battles.protocol.BattleState) over the protocol
+Both ways run the same public tracker (battles.state.BattleState) over the protocol
 lines the player saw, so the spectator-visible part of a view is computed by one piece of
 code. What only the player knew comes from its request in live play; from a log it comes
 from the exact team when we recorded it, else from everything that player revealed in the
@@ -26,8 +26,6 @@ from battles import actions
 from battles.protocol import (
     STATS,
     UNKNOWN,
-    BattleState,
-    Mon,
     forme_ability,
     iter_events,
     norm_move,
@@ -38,6 +36,7 @@ from battles.protocol import (
     species_entry,
     to_id,
 )
+from battles.state import BattleState, Mon
 
 TRACKED_VOLATILES = (
     "substitute", "confusion", "leechseed", "taunt", "encore", "yawn", "perish1", "perish2",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from battles.protocol import (
-    HANDLERS,
     UNKNOWN,
-    BattleState,
     iter_events,
     parse_condition,
     parse_details,
@@ -16,6 +14,7 @@ from battles.protocol import (
     public_hp,
     to_id,
 )
+from battles.state import HANDLERS, BattleState
 
 HEADER = """|gametype|singles
 |player|p1|Alice|1|

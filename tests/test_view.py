@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from battles import actions
-from battles.protocol import UNKNOWN, BattleState, iter_events
+from battles.protocol import UNKNOWN, iter_events
+from battles.state import BattleState
 from battles.view import (
     _public_mon,
     decisions_from_log,
