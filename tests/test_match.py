@@ -45,7 +45,9 @@ def test_twenty_gen1ou_battles_recorded(showdown, tmp_path):
     # The summary counts wins by agent, whichever side the agent played.
     maxbp_wins = sum(1 for r in records if r.winner and r.specs[r.winner] == "maxbp")
     assert maxbp_wins == result.p1_wins
-    assert list(showdown.battle_dir.glob("*.json")) == []  # consumed once safely stored
+    # Each battle's server file is removed once its record is safely in a shard.
+    rooms = {"battle-" + r.id.split("-", 1)[1] for r in records}
+    assert rooms and not any((showdown.battle_dir / f"{room}.json").exists() for room in rooms)
 
 
 def test_server_killed_mid_match_still_finishes(tmp_path):
