@@ -6,7 +6,13 @@
 
 Reads top to bottom: resolve the config, build the data mix and a held-out split, build
 (or load) the model, define the loss, hand everything to the shared trainer. Running the
-same command again resumes the run in `run_dir`.
+same command again resumes the run in `run_dir`. Several processes:
+
+    torchrun --nproc_per_node N -m curriculum.pretrain key=value ...
+    accelerate launch --config_file curriculum/configs/fsdp_large.yaml -m curriculum.pretrain \
+        --config curriculum/configs/pretrain_large.yaml
+
+and `python -m curriculum.supervise -- <that command>` restarts it after a crash.
 
 Loss: masked behaviour cloning (cross-entropy on the action taken; actions a log cannot
 show are -1 and masked) plus a value loss on the battle's outcome. With `awr_beta > 0`
@@ -28,7 +34,8 @@ from torch.utils.data import DataLoader
 from battles.dataset import DataMix, MixLoader, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from curriculum.config import load_config, save_config, to_dict
-from curriculum.trainer import Trainer, TrainerConfig
+from curriculum.distributed import DistributedStartError
+from curriculum.trainer import Trainer, TrainerConfig, make_accelerator
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer
 
@@ -45,6 +52,7 @@ class PretrainConfig:
     outcomes: list[int] = field(default_factory=list)  # e.g. [1]: imitate winners only
     preset: str = "tiny"
     dropout: float = 0.1
+    activation_checkpointing: bool = False  # recompute blocks in backward: less memory, +1 forward
     init_from: str | None = None  # a checkpoint to start from (its architecture wins)
     window: int = 64
     val_fraction: float = 0.05
@@ -92,11 +100,12 @@ def build_model(cfg: PretrainConfig, encoder: ObservationEncoder) -> PolicyTrans
     if cfg.init_from:
         model, _ = load_checkpoint(cfg.init_from, expected_encoder_version=encoder.version,
                                    expected_vocab_hash=encoder.vocab.hash)
+        model.cfg.activation_checkpointing = cfg.activation_checkpointing  # a runtime choice
         model.train()
         return model
     model_cfg = PolicyConfig.preset(
         cfg.preset, vocab_size=encoder.vocab.size, n_tokens=encoder.n_tokens, n_numbers=encoder.n_numbers,
-        dropout=cfg.dropout,
+        dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing,
     )
     if model_cfg.max_context < cfg.window:
         raise ValueError(f"window={cfg.window} exceeds the {cfg.preset} preset's max_context={model_cfg.max_context}")
@@ -130,12 +139,17 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    run(cfg)
+    try:
+        run(cfg)
+    except DistributedStartError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def run(cfg: PretrainConfig):
     """Train (or resume) the pretraining run described by `cfg`; returns the TrainResult."""
     run_dir = Path(cfg.run_dir)
+    # First: the process group, so that the data below is split by rank.
+    accelerator = make_accelerator(cfg.trainer)
     encoder = ObservationEncoder()
     filters = data_filters(cfg, encoder)
     mix = DataMix(cfg.mix, cfg.data, window=cfg.window, seed=cfg.trainer.seed, split="train", **filters)
@@ -147,13 +161,15 @@ def run(cfg: PretrainConfig):
     )
     if not val_batches:
         log.warning("no validation trajectories (val_fraction=%s); validation is skipped", cfg.val_fraction)
+    torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank and every run
     model = build_model(cfg, encoder)
-    save_config(cfg, run_dir / "config.yaml")
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
     log.info("model: %s preset, %.2fM parameters; data: %s", cfg.preset, model.num_parameters() / 1e6, cfg.mix)
     trainer = Trainer(
         cfg.trainer, run_dir, model, imitation_loss(cfg), train_data,
         val_data=val_batches or None, save_model=checkpoint_saver(encoder, cfg),
-        run_config={"recipe": "pretrain", **to_dict(cfg)},
+        run_config={"recipe": "pretrain", **to_dict(cfg)}, accelerator=accelerator,
     )
     result = trainer.fit()
     if trainer.is_main:

@@ -7,15 +7,21 @@ checkpoints, and automatic resume. Running the same command again on the same ru
 continues from the last saved step with the same data position, RNG state and wandb run
 id; the metrics log keeps every step exactly once.
 
+Several processes (torchrun, accelerate launch): build the Accelerator with
+`make_accelerator(cfg)` before the data, so that datasets see their rank; it sets the NCCL
+defaults, guards the rendezvous and runs a pre-flight check (curriculum.distributed).
+
 Run folder layout:
     config.yaml          resolved config (written by the recipe)
     metrics.jsonl        one JSON line per logged step (and per validation)
+    wandb_id             the wandb run id, fixed at the first start (every restart logs to it)
     state/step-NNNNNNN/  full training state (accelerate save_state + trainer.json), last K kept
     checkpoints/step-NNNNNNN/, final/   model checkpoints (safetensors + config.json)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,8 +37,10 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from tqdm import tqdm
+
+from curriculum import distributed
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +121,67 @@ def _step_folders(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def state_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the training states saved in `run_dir` (oldest first)."""
+    return [step for step, _ in _step_folders(Path(run_dir) / "state")]
+
+
+def make_accelerator(cfg: TrainerConfig) -> Accelerator:
+    """The run's Accelerator, made safely: NCCL defaults, a guarded rendezvous, a pre-flight.
+
+    Call it before building datasets (they split data by the rank of the process group)
+    and pass it to Trainer. On CPU several processes use gloo.
+    """
+    started = torch.distributed.is_available() and torch.distributed.is_initialized()
+    settings = [] if started else distributed.setup_nccl_environment()
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    with distributed.rendezvous_guard():
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),  # without it, torchrun on CPU runs N separate jobs
+            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=distributed.process_group_timeout())],
+        )
+    if accelerator.num_processes > 1:
+        distributed.preflight(accelerator.device, settings,
+                              out=lambda text: log.info("%s", text))
+    return accelerator
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (name, dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unsharded_class(model: torch.nn.Module) -> type:
+    """The model's own class under FSDP2, which swaps in a generated FSDP subclass."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
 def _atomic_dump_json(data: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def _check_data_ranks(train_data: Any, num_processes: int) -> None:
+    """Refuse data that split itself for another world size (built before the process group)."""
+    source = getattr(train_data, "mix", train_data)
+    world = getattr(source, "world_size", None)
+    if isinstance(world, int) and world != num_processes:
+        raise ValueError(
+            f"the training data was split for world_size={world}, but this run has "
+            f"{num_processes} processes: every rank would train on the same data. Create the "
+            "accelerator first (curriculum.trainer.make_accelerator) and build the data after it"
+        )
 
 
 class Trainer:
@@ -142,12 +207,8 @@ class Trainer:
         self.val_data = val_data
         self.save_model = save_model
         self.run_config = run_config or {}
-        precision = cfg.mixed_precision
-        if precision == "auto":
-            precision = "bf16" if torch.cuda.is_available() else "no"
-        self.accelerator = accelerator or Accelerator(
-            gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision
-        )
+        self.accelerator = accelerator or make_accelerator(cfg)
+        _check_data_ranks(train_data, self.accelerator.num_processes)
         set_seed(cfg.seed)
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
@@ -167,11 +228,30 @@ class Trainer:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def is_fsdp(self) -> bool:
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
+    def _parameter_digests(self) -> list[str]:
+        """Every rank's parameter digest (rank order); replicas must agree. Empty under FSDP."""
+        if self.is_fsdp:  # each rank holds a different shard by design
+            return []
+        digest = parameter_digest(self.accelerator.unwrap_model(self.model))
+        digests = gather_object([digest]) if self.accelerator.num_processes > 1 else [digest]
+        if len(set(digests)) > 1:
+            raise RuntimeError(
+                f"model replicas diverged at step {self.step}: parameter digests per rank "
+                f"{[d[:12] for d in digests]}; a rank skipped a step or a collective is broken. "
+                f"Resume from the previous state in {self.run_dir / 'state'}"
+            )
+        return digests
+
     def _save_state(self) -> None:
         """Full training state, atomically: a temporary folder renamed into place."""
         states = self.run_dir / "state"
         final = states / f"step-{self.step:07d}"
         tmp = states / f".tmp-step-{self.step:07d}"
+        digests = self._parameter_digests()
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -180,7 +260,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             _atomic_dump_json(
-                {"step": self.step, "data": self.train_data.state_dict(), "wandb_id": self.wandb_id},
+                {"step": self.step, "data": self.train_data.state_dict(), "wandb_id": self.wandb_id,
+                 "world_size": self.accelerator.num_processes, "param_digests": digests},
                 tmp / "trainer.json",
             )
             shutil.rmtree(final, ignore_errors=True)
@@ -190,13 +271,21 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _try_resume(self) -> None:
-        """Load the newest readable state; a corrupt one falls back to the one before."""
+        """Load the newest state every rank can read; a corrupt one falls back to the one before."""
+        several = self.accelerator.num_processes > 1
         for _, folder in reversed(_step_folders(self.run_dir / "state")):
+            error = None
             try:
                 meta = json.loads((folder / "trainer.json").read_text())
                 self.accelerator.load_state(str(folder))
             except Exception as err:  # a half-written or damaged state: try the previous one
-                log.warning("training state %s is unreadable (%s); falling back to an earlier one", folder, err)
+                error = err
+            # All ranks must resume from the same step, even if only one rank's files are bad.
+            failed = gather_object([error is not None]) if several else [error is not None]
+            if any(failed):
+                why = error or f"unreadable on rank(s) {[r for r, bad in enumerate(failed) if bad]}"
+                log.warning("training state %s is unreadable (%s); falling back to an earlier one",
+                            folder, why)
                 continue
             self.step = int(meta["step"])
             self.train_data.load_state_dict(meta["data"])
@@ -209,10 +298,15 @@ class Trainer:
         """Drop metrics logged after the resumed step, so every step appears exactly once."""
         if not self.is_main or not self.metrics_path.exists():
             return
-        kept = [
-            line for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= self.step
-        ]
+        kept, damaged = [], 0
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if line.strip() and json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line cut short by a crash mid-write
+                damaged += 1
+        if damaged:
+            log.warning("dropped %d damaged line(s) from %s", damaged, self.metrics_path)
         tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.metrics_path)
@@ -223,7 +317,25 @@ class Trainer:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+            # global_step too: offline restarts are separate wandb folders, merged by this axis.
+            values = {k: v for k, v in record.items() if k != "step"}
+            self._wandb.log({**values, "global_step": record["step"]}, step=record["step"])
+
+    def _fix_wandb_id(self) -> None:
+        """One wandb id per run folder, fixed at the first start, before any state exists.
+
+        A crash before the first saved state would otherwise give the restart a new id.
+        """
+        if self.wandb_id is not None or not self.is_main:
+            return
+        path = self.run_dir / "wandb_id"
+        if path.exists():
+            self.wandb_id = path.read_text().strip()
+        else:
+            self.wandb_id = os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(self.wandb_id + "\n")
+            os.replace(tmp, path)
 
     def _start_wandb(self) -> None:
         if not self.is_main or self.cfg.wandb_mode == "disabled":
@@ -242,23 +354,39 @@ class Trainer:
         if self.save_model is None:
             return
         self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.model)
+        if self.is_fsdp:
+            # Gathering a sharded model is a collective: every rank takes part, rank 0 saves.
+            full = self.accelerator.get_state_dict(self.model)
+            if self.is_main:
+                cls = _unsharded_class(model)
+                if not hasattr(model, "cfg"):
+                    raise TypeError(f"cannot rebuild {cls.__name__} from its state under FSDP: "
+                                    "it needs a `cfg` attribute its constructor takes")
+                with torch.device("meta"):  # no second random init: the weights come next
+                    model = cls(model.cfg)
+                model.load_state_dict(full, assign=True)
         if self.is_main:
             meta = {"step": self.step, "run_dir": str(self.run_dir), "wandb_id": self.wandb_id, **metrics}
-            self.save_model(self.accelerator.unwrap_model(self.model), path, meta)
+            self.save_model(model, path, meta)
         self.accelerator.wait_for_everyone()
 
     # -- evaluation ---------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Mean validation metrics over `eval_batches` batches (weighted by decisions)."""
-        if self.val_data is None:
+        several = self.accelerator.num_processes > 1
+        if self.val_data is None and not several:
             return {}
+        # Every rank takes part even without data of its own, or the others would wait forever.
+        source = self.val_data if self.val_data is not None else []
+        batches = [b for _, b in zip(range(self.cfg.eval_batches), source)]
+        if self.is_fsdp:  # a sharded forward is a collective: the same number of batches everywhere
+            batches = batches[: min(gather_object([len(batches)]))]
         self.model.eval()
         totals: dict[str, float] = {}
         weight = 0.0
-        for i, batch in enumerate(self.val_data):
-            if i >= self.cfg.eval_batches:
-                break
+        for batch in batches:
             batch = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with self.accelerator.autocast():
                 _, metrics = self.loss_fn(self.model, batch)
@@ -268,11 +396,16 @@ class Trainer:
                 if k != "decisions":
                     totals[k] = totals.get(k, 0.0) + float(v) * n
         self.model.train()
-        stats = torch.tensor([weight, *totals.values()], device=self.accelerator.device, dtype=torch.float64)
-        stats = self.accelerator.reduce(stats, reduction="sum")
-        if stats[0] <= 0:
+        # Objects, not a tensor: ranks may have seen no batch and so know no metric names.
+        parts = gather_object([(weight, totals)]) if several else [(weight, totals)]
+        weight = sum(w for w, _ in parts)
+        if weight <= 0:
             return {}
-        return {f"val_{k}": float(v / stats[0]) for k, v in zip(totals.keys(), stats[1:])}
+        merged: dict[str, float] = {}
+        for _, part in parts:
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0.0) + v
+        return {f"val_{k}": v / weight for k, v in merged.items()}
 
     # -- the loop -----------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -282,8 +415,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         self._try_resume()
-        if self.wandb_id is None:
-            self.wandb_id = uuid.uuid4().hex[:12]
+        self._fix_wandb_id()
         self._truncate_metrics()
         self._start_wandb()
         stop_at = min(cfg.max_steps, self.step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps

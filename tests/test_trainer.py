@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -119,3 +120,20 @@ def test_config_overrides(tmp_path):
         load_config(TrainerConfig, None, ["nope=1"])
     with pytest.raises(ValueError, match="'max_steps' must be int"):
         load_config(TrainerConfig, None, ["max_steps=abc"])
+
+
+def test_wandb_id_is_fixed_before_the_first_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_RUN_ID", "chosen-id")
+    first, _, _ = train(tmp_path, stop_after_steps=2)
+    assert first.wandb_id == "chosen-id" == (tmp_path / "wandb_id").read_text().strip()
+    shutil.rmtree(tmp_path / "state")  # as if it crashed before saving any state
+    monkeypatch.delenv("WANDB_RUN_ID")
+    second, result, _ = train(tmp_path, stop_after_steps=1)
+    assert result.step == 1 and second.wandb_id == "chosen-id"  # the restart logs to the same run
+
+
+def test_data_split_for_another_world_size_is_refused(tmp_path):
+    data = SyntheticBattles()
+    data.world_size = 2  # as a DataMix built before the process group of a 2-process run
+    with pytest.raises(ValueError, match="split for world_size=2.*make_accelerator"):
+        Trainer(TrainerConfig(wandb_mode="disabled"), tmp_path, make_model(), bc_loss, data)
