@@ -462,6 +462,9 @@ class MixLoader:
         if loader_kwargs.get("persistent_workers"):
             raise ValueError("MixLoader cannot track positions with persistent_workers=True")
         self.mix, self.num_workers = mix, num_workers
+        # A DataLoader draws a base seed from torch's global generator whenever an iterator
+        # starts; its own seeded generator keeps a resumed run's global RNG on the same path.
+        loader_kwargs.setdefault("generator", torch.Generator().manual_seed(mix.seed))
         self.loader = DataLoader(mix, batch_size=batch_size, num_workers=num_workers,
                                  collate_fn=collate, **loader_kwargs)
 

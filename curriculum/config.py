@@ -115,9 +115,9 @@ def _set_dotted(data: dict, key: str, value: str) -> None:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults from `cls`, then the YAML file at `path`, then `key=value` overrides."""
-    # Missing keys (at any depth) take the dataclass defaults, so a file or an override
-    # names only what differs.
-    data: dict = {}
+    # Start from the resolved defaults (nested default_factory values included), so a file
+    # or an override names only what differs and never resets its neighbours.
+    data: dict = to_dict(cls())
     if path:
         path = Path(path)
         if not path.exists():
@@ -125,7 +125,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
-        data = loaded
+        _merge(cls, data, loaded)
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. trainer.lr=1e-3)")
@@ -136,6 +136,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             parsed = value
         _set_dotted(data, key.strip(), parsed)
     return from_dict(cls, data)
+
+
+def _merge(cls: type, base: dict, extra: dict) -> None:
+    """Merge `extra` into `base`: nested dataclass sections key by key, any other value whole."""
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    for key, value in extra.items():
+        section = hints.get(key)
+        if dataclasses.is_dataclass(section) and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(section, base[key], value)
+        else:
+            base[key] = value
 
 
 def save_config(obj: Any, path: str | Path) -> None:

@@ -1,0 +1,33 @@
+"""The one configuration path: defaults in code, YAML, key=value overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from curriculum.config import load_config, save_config
+from curriculum.pretrain import PretrainConfig
+
+
+def test_nested_override_keeps_the_parents_defaults(tmp_path):
+    # PretrainConfig's trainer section defaults to max_steps=2000 (not TrainerConfig's 1000).
+    cfg = load_config(PretrainConfig, None, ["trainer.lr=1e-3"])
+    assert cfg.trainer.lr == 1e-3 and cfg.trainer.max_steps == 2000
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  warmup_steps: 7\nmix:\n  human: 1.0\n")
+    cfg = load_config(PretrainConfig, path, ["preset=small"])
+    assert cfg.trainer.warmup_steps == 7 and cfg.trainer.max_steps == 2000
+    assert cfg.mix == {"human": 1.0}  # a mapping field is replaced whole, not merged
+    assert cfg.preset == "small"
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(PretrainConfig, None, ["mix=human:0.25,selfplay:0.75", "data=[a,b]", "min_rating=1500"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(PretrainConfig, tmp_path / "config.yaml") == cfg
+
+
+def test_errors_name_the_key():
+    with pytest.raises(ValueError, match="trainer.nope"):
+        load_config(PretrainConfig, None, ["trainer.nope=1"])
+    with pytest.raises(ValueError, match="'window' must be int"):
+        load_config(PretrainConfig, None, ["window=wide"])
