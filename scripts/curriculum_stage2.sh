@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Curriculum stage 2: the student plays, the coach labels its decisions offline, the student learns
+# from the labels (and its own wins), and stage 1's tournament promotes; --rounds R chains rounds,
+# each in RUN/round-k. Arguments go to curriculum.coach:
+#   scripts/curriculum_stage2.sh [--config curriculum/configs/stage2.yaml] [--rounds R] [key=value ...]
+#   scripts/curriculum_stage2.sh student=runs/stage1 coach=runs/coach/final --rounds 2 run_dir=runs/stage2
+# Running the same command again resumes where it stopped. Then:
+#   .venv/bin/python -m curriculum.lineage runs/stage2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || ./setup_env.sh
+args=("$@")
+[ "${1:-}" = "--config" ] || args=(--config curriculum/configs/stage2.yaml "$@")
+exec .venv/bin/python -m curriculum.coach "${args[@]}"
