@@ -80,6 +80,12 @@ def _policy(spec: AgentSpec, **player_kwargs: Any) -> Player:
     return PolicyPlayer(path, **params, **player_kwargs)
 
 
+def _search(spec: AgentSpec, **player_kwargs: Any) -> Player:
+    from agents.search import SearchPlayer  # numpy, threads and the Node worker only when asked for
+
+    return SearchPlayer(**spec.params, **player_kwargs)
+
+
 AGENTS: dict[str, AgentKind] = {
     "random": AgentKind(_plain(RandomPlayer), (), "uniformly random legal order"),
     "maxbp": AgentKind(
@@ -101,6 +107,12 @@ AGENTS: dict[str, AgentKind] = {
         ("path", "temperature", "greedy", "seed", "device", "threads"),
         "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]",
         required=("path",),
+    ),
+    "search": AgentKind(
+        _search,
+        ("ms", "samples", "iterations", "workers", "c", "depth", "seed"),
+        "decoupled UCT over Showdown's own simulator on sampled opponent sets: "
+        "search:ms=1000,samples=4[,workers=N,iterations=N,c=0.7,depth=8]",
     ),
 }
 
