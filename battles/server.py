@@ -117,6 +117,26 @@ class ShowdownServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by the server and all its child processes."""
+        import psutil
+
+        if self._proc is None:
+            return 0.0
+        total = 0.0
+        try:
+            root = psutil.Process(self._proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     def output_tail(self) -> str:
         """The server's last lines of output, for error messages."""
         return "\n".join(self._tail)

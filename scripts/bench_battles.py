@@ -22,19 +22,6 @@ from battles.server import ShowdownServer
 from eval.match import Match
 
 
-def node_cpu(server: ShowdownServer) -> float:
-    """CPU seconds used so far by the server process and all its children."""
-    root = psutil.Process(server.pid)
-    total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def python_cpu() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system
@@ -64,11 +51,11 @@ def main() -> None:
                 p1, p2 = pair.split(":")
                 for conc in args.concurrency:
                     n = max(10, args.n // 4) if conc == 1 else args.n
-                    node0, py0, t0 = node_cpu(server), python_cpu(), time.monotonic()
+                    node0, py0, t0 = server.cpu_seconds(), python_cpu(), time.monotonic()
                     result = Match(p1, p2, battle_format=fmt, team_set="competitive", n=n, out_dir=out,
                                    concurrency=conc, server=server, progress=False).run()
                     wall = time.monotonic() - t0
-                    node, py = node_cpu(server) - node0, python_cpu() - py0
+                    node, py = server.cpu_seconds() - node0, python_cpu() - py0
                     row = {"format": fmt, "pair": f"{p1} vs {p2}", "concurrency": conc, "battles": result.battles,
                            "battles_per_s": round(result.battles / wall, 2), "node_cpu_s": round(node, 1),
                            "python_cpu_s": round(py, 1), "node_share": round(node / max(node + py, 1e-9), 2),

@@ -27,16 +27,7 @@ ROSTER = ["random", "maxbp", "heuristic", "bestdamage", "tactician"]
 
 def node_cpu(servers) -> float:
     """CPU seconds used so far by the servers and their children."""
-    total = 0.0
-    for server in servers:
-        root = psutil.Process(server.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return total
+    return sum(server.cpu_seconds() for server in servers)
 
 
 def python_cpu() -> float:
