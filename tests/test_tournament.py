@@ -312,6 +312,8 @@ def test_faulty_agents_become_errors_never_wins(tmp_path, showdown, monkeypatch)
     cfg = load_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.raiser=raiser",
                              "agents.staller=staller", "battles_per_pair=4", "max_attempts=2",
                              "battle_timeout=4", "bootstrap=50"])
+    # The session server is shared: other tests' raw battles may already sit in its folder.
+    before = set(showdown.battle_dir.glob("*.json"))
     summary = Tournament(cfg, servers=[showdown], progress=False).run()
     rows = read_results(tmp_path)
     assert len(rows) == 12 == summary.errors == summary.error_rows and summary.played == 0
@@ -327,14 +329,14 @@ def test_faulty_agents_become_errors_never_wins(tmp_path, showdown, monkeypatch)
     ok = Tournament(load_config(None, [f"out={tmp_path / 'ok'}", "agents.a=maxbp", "agents.b=random",
                                        "battles_per_pair=4"]), servers=[showdown], progress=False).run()
     assert ok.finished == 4 and ok.faults == 0
-    assert list(showdown.battle_dir.glob("*.json")) == []
+    assert set(showdown.battle_dir.glob("*.json")) <= before  # every battle of ours was consumed
 
 
 @pytest.mark.server
 def test_server_killed_mid_tournament_is_restarted_and_battles_replayed(tmp_path):
     cfg = load_config(None, [f"out={tmp_path}", "agents.random=random", "agents.maxbp=maxbp",
                              "agents.bestdamage=bestdamage", "battles_per_pair=8", "flush_every=2",
-                             "concurrency=6"])
+                             "concurrency=6", "max_attempts=6"])  # a restart on a loaded machine is slow
     with ShowdownServer() as server:
         def kill_after_some():
             deadline = time.monotonic() + 120
