@@ -156,6 +156,11 @@ def default_vocabulary() -> Vocabulary:
     return Vocabulary.load(VOCAB_FILE)
 
 
+_UNSEEN_TOKENS, _ABSENT_TOKENS = [UNK] * len(MON_TOKENS), [PAD] * len(MON_TOKENS)
+_UNSEEN_NUMBERS = [0.0, 1.0] + [0.0] * (len(MON_FEATURES) - 2)
+_ABSENT_NUMBERS = [0.0] * len(MON_FEATURES)
+
+
 class ObservationEncoder:
     """BattleView -> (tokens int32[n_tokens], numbers float32[n_numbers]) in a fixed layout."""
 
@@ -168,9 +173,21 @@ class ObservationEncoder:
         # distinct PokemonView once. Views with unknown names are not cached, so every
         # occurrence is counted in vocab.unknown.
         self._cache: dict[PokemonView, tuple[list[int], list[float]]] = {}
+        self._by_id: dict[int, tuple[PokemonView, tuple[list[int], list[float]]]] = {}  # same object: no hashing
 
     def encode(self, view: BattleView) -> tuple[np.ndarray, np.ndarray]:
         """Encode one view."""
+        tokens, numbers = self._lists(view)
+        return np.array(tokens, dtype=np.int32), np.array(numbers, dtype=np.float32)
+
+    def encode_many(self, views: list[BattleView]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode several views: (tokens int32[n, n_tokens], numbers float32[n, n_numbers])."""
+        rows = [self._lists(v) for v in views]
+        tokens = np.array([r[0] for r in rows], dtype=np.int32).reshape(len(rows), N_TOKENS)
+        numbers = np.array([r[1] for r in rows], dtype=np.float32).reshape(len(rows), N_NUMBERS)
+        return tokens, numbers
+
+    def _lists(self, view: BattleView) -> tuple[list[int], list[float]]:
         vid = self.vocab.id
         tokens = [vid("gen", f"gen{view.gen}"), vid("weather", view.weather)]
         fields = list(view.fields[:N_FIELDS])
@@ -186,20 +203,29 @@ class ObservationEncoder:
             conds = side.conditions[:N_SIDE_CONDITIONS]
             tokens += [vid("side_condition", c) for c, _ in conds] + [PAD] * (N_SIDE_CONDITIONS - len(conds))
             numbers += [min(n, 3) / 3 for _, n in conds] + [0.0] * (N_SIDE_CONDITIONS - len(conds))
+        by_id, add_tokens, add_numbers = self._by_id, tokens.extend, numbers.extend
         for side in (view.own, view.opp):
             mons = side.pokemon[:N_MONS_PER_SIDE]
             for mon in mons:
-                hit = self._cache.get(mon)
-                if hit is None:
-                    hit = self._mon(mon)
-                tokens += hit[0]
-                numbers += hit[1]
+                same = by_id.get(id(mon))
+                if same is not None and same[0] is mon:
+                    hit = same[1]
+                else:
+                    hit = self._cache.get(mon)
+                    if hit is None:
+                        hit = self._mon(mon)
+                    else:
+                        if len(by_id) > 20_000:  # views are reused within a battle: keep it small
+                            by_id.clear()
+                        by_id[id(mon)] = (mon, hit)
+                add_tokens(hit[0])
+                add_numbers(hit[1])
             for k in range(len(mons), N_MONS_PER_SIDE):
                 member = k < side.team_size  # a team member never seen: unknown, not absent
-                tokens += [UNK if member else PAD] * len(MON_TOKENS)
-                numbers += [0.0, float(member)] + [0.0] * (len(MON_FEATURES) - 2)
+                add_tokens(_UNSEEN_TOKENS if member else _ABSENT_TOKENS)
+                add_numbers(_UNSEEN_NUMBERS if member else _ABSENT_NUMBERS)
         assert len(tokens) == N_TOKENS and len(numbers) == N_NUMBERS, (len(tokens), len(numbers))
-        return np.array(tokens, dtype=np.int32), np.array(numbers, dtype=np.float32)
+        return tokens, numbers
 
     def _mon(self, mon: PokemonView) -> tuple[list[int], list[float]]:
         vid = self.vocab.id
@@ -218,6 +244,7 @@ class ObservationEncoder:
         if self.vocab.misses == misses:
             if len(self._cache) > 100_000:
                 self._cache.clear()
+                self._by_id.clear()
             self._cache[mon] = (tokens, numbers)
         return tokens, numbers
 

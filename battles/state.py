@@ -34,7 +34,7 @@ class Mon:
         "side", "name", "species", "level", "gender", "hp", "status", "boosts", "moves",
         "item", "first_item", "ability", "first_ability", "tera", "terastallized", "active",
         "revealed", "volatiles", "types", "last_move", "pp_used", "previewed", "transformed",
-        "version", "cache",
+        "version", "cache", "dyn_cache",
     )
 
     def __init__(self, side: str, name: str, species: str, level: int = 100, gender: str = ""):
@@ -55,6 +55,7 @@ class Mon:
         # Bumped whenever a handler may change this Pokémon, so views of it can be reused.
         self.version = 0
         self.cache: tuple | None = None
+        self.dyn_cache: tuple | None = None
 
     @property
     def fainted(self) -> bool:
@@ -81,7 +82,7 @@ class Mon:
 class Side:
     """One player's side: its Pokémon by nickname, the active one, side conditions."""
 
-    __slots__ = ("id", "name", "mons", "active", "conditions", "team_size", "tera_used", "preview")
+    __slots__ = ("id", "name", "mons", "active", "conditions", "team_size", "tera_used", "preview", "view_cache")
 
     def __init__(self, side_id: str):
         self.id, self.name = side_id, ""
@@ -91,6 +92,7 @@ class Side:
         self.team_size = 6
         self.tera_used = False
         self.preview: list[Mon] = []  # team-preview placeholders not yet matched to a nickname
+        self.view_cache: tuple | None = None  # (key, SideView) of battles/view.py
 
 
 class BattleState:

@@ -15,6 +15,7 @@ Pokémon's `predicted` names the fields that were guessed.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -146,8 +147,12 @@ def _volatiles(mon: Mon | None) -> tuple[str, ...]:
     return tuple(sorted(v for v in mon.volatiles if v in TRACKED_VOLATILES))
 
 
+_BOOSTS_OF = operator.itemgetter(*STATS)
+_NO_BOOSTS = (0,) * len(STATS)
+
+
 def _boosts(mon: Mon | None) -> tuple[int, ...]:
-    return tuple(mon.boosts[s] for s in STATS) if mon is not None else (0,) * len(STATS)
+    return _BOOSTS_OF(mon.boosts) if mon is not None else _NO_BOOSTS
 
 
 def _gen_blank(gen: int, item: str, ability: str, tera: str) -> tuple[str, str, str]:
@@ -187,9 +192,9 @@ def _public_mon(gen: int, mon: Mon) -> PokemonView:
 
 
 def _side_order(gen: int, views: list[PokemonView]) -> tuple[PokemonView, ...]:
-    active = [v for v in views if v.active][:1]
-    rest = sorted((v for v in views if v not in active), key=lambda v: sort_key(gen, v.species, v.name))
-    return tuple(active + rest)
+    active = next((v for v in views if v.active), None)
+    rest = sorted((v for v in views if v is not active), key=lambda v: sort_key(gen, v.species, v.name))
+    return (active, *rest) if active is not None else tuple(rest)
 
 
 def _conditions(state: BattleState, side: str) -> tuple[tuple[str, int], ...]:
@@ -197,10 +202,18 @@ def _conditions(state: BattleState, side: str) -> tuple[tuple[str, int], ...]:
 
 
 def _opp_side(state: BattleState, side: str) -> SideView:
+    """The opposing side as a spectator knows it; reused while none of it changed."""
     opp = state.sides[actions.other(side)]
+    key = (state.gen, opp.team_size, opp.tera_used, tuple(opp.conditions.items()),
+           tuple([(m.name, id(m), m.version) for m in opp.mons.values()]),
+           tuple([(id(m), m.version) for m in opp.preview]))
+    if opp.view_cache is not None and opp.view_cache[0] == key:
+        return opp.view_cache[1]
     mons = [public_mon(state.gen, m) for m in opp.mons.values()]
     mons += [public_mon(state.gen, m) for m in opp.preview]
-    return SideView(_side_order(state.gen, mons), _conditions(state, opp.id), opp.team_size, opp.tera_used)
+    view = SideView(_side_order(state.gen, mons), _conditions(state, opp.id), opp.team_size, opp.tera_used)
+    opp.view_cache = (key, view)
+    return view
 
 
 # -- live: a poke-env battle ---------------------------------------------------------------
@@ -452,14 +465,20 @@ class _Snap:
 
 
 def _dyn(m: Mon) -> _Dyn:
+    """The Pokémon's _Dyn now; shared between snapshots while it is unchanged (treat as frozen)."""
+    cached = m.dyn_cache
+    if cached is not None and cached[0] == m.version and m.transformed is None:
+        return cached[1]
     transform = None
     if m.transformed is not None:
         target, used = m.transformed
         moves = tuple(dict.fromkeys([norm_move(x) for x in target.moves] + list(used)))
         transform = (target.name, moves, to_id(target.species))
     pp = dict(m.transformed[1] if m.transformed is not None else m.pp_used) if m.active else None
-    return _Dyn(to_id(m.species), m.level, m.hp, m.status, m.active, m.revealed, _boosts(m), frozenset(m.volatiles),
-                m.types, m.item, m.terastallized, m.last_move, transform, pp)
+    d = _Dyn(to_id(m.species), m.level, m.hp, m.status, m.active, m.revealed, _boosts(m), frozenset(m.volatiles),
+             m.types, m.item, m.terastallized, m.last_move, transform, pp)
+    m.dyn_cache = (m.version, d)
+    return d
 
 
 def _snapshot(state: BattleState, side: str) -> _Snap:
@@ -482,13 +501,16 @@ def _backfill_bench(snap: _Snap, point: actions.Point, entries: dict, abilities:
         if d.active or not d.revealed or d.status == "fnt":
             continue
         later = next((e for e in entries.get((point.side, name), ()) if e[0] >= point.index), None)
+        hp, status = d.hp, d.status
         if later is not None:
-            d.hp, d.status = later[1], later[2]
-            continue
-        if abilities.get(name) == "regenerator":
-            d.hp = min(100, math.ceil(round(d.hp * 100) + 100 / 3 - 0.5)) / 100
-        if abilities.get(name) == "naturalcure":
-            d.status = ""
+            hp, status = later[1], later[2]
+        else:
+            if abilities.get(name) == "regenerator":
+                hp = min(100, math.ceil(round(hp * 100) + 100 / 3 - 0.5)) / 100
+            if abilities.get(name) == "naturalcure":
+                status = ""
+        if (hp, status) != (d.hp, d.status):  # _Dyn objects are shared between snapshots: copy
+            snap.dyn[name] = replace(d, hp=hp, status=status)
 
 
 def _own_view(gen: int, own: _Own, d: _Dyn | None, target_sets: dict[str, tuple[str, ...]]) -> PokemonView:
@@ -516,8 +538,15 @@ def _own_view(gen: int, own: _Own, d: _Dyn | None, target_sets: dict[str, tuple[
 
 
 def _compose(gen: int, fmt: str, point: actions.Point, snap: _Snap, known: dict[str, _Own],
-             target_sets: dict[str, tuple[str, ...]]) -> tuple[BattleView, actions.LogHints]:
-    mons = [_own_view(gen, own, snap.dyn.get(own.name), target_sets) for own in known.values()]
+             target_sets: dict[str, tuple[str, ...]], memo: dict) -> tuple[BattleView, actions.LogHints]:
+    mons = []
+    for own in known.values():  # a _Dyn is shared while its Pokémon is unchanged: so is its view
+        d = snap.dyn.get(own.name)
+        hit = memo.get((own.name, id(d)))
+        if hit is None or hit[0] is not d:
+            hit = (d, _own_view(gen, own, d, target_sets))
+            memo[(own.name, id(d))] = hit
+        mons.append(hit[1])
     own = SideView(_side_order(gen, mons), snap.conditions, snap.team_size, snap.tera_used)
     view = BattleView(
         gen=gen, format=fmt, side=point.side, turn=snap.turn, own=own, opp=snap.opp, weather=snap.weather,
@@ -606,12 +635,12 @@ def decisions_from_log(
         other_team = teams.get(actions.other(s))
         target_sets = {n: o.moves for n, o in _own_from_team(gen, other_team).items()} if other_team else {}
         target_sets.update({k: tuple(v) for k, v in chosen.items() if ">" in k and k not in target_sets})
-        decisions = []
+        decisions, memo = [], {}
         for point, k in zip(mine, paired, strict=True):
             snap = snaps[id(point)]
             _backfill_bench(snap, point, entries, abilities)
             choice = picks[s][k] if k >= 0 else None
-            decisions.append(_decision(gen, fmt, point, snap, known, target_sets, choice, k, notes))
+            decisions.append(_decision(gen, fmt, point, snap, known, target_sets, choice, k, notes, memo))
         out[s] = decisions
     return out
 
@@ -668,8 +697,8 @@ def _chosen_moves(points, paired, picks, snaps) -> dict[str, list[str]]:
     return chosen
 
 
-def _decision(gen, fmt, point, snap, known, target_sets, choice, k, notes) -> Decision:
-    view, hints = _compose(gen, fmt, point, snap, known, target_sets)
+def _decision(gen, fmt, point, snap, known, target_sets, choice, k, notes, memo) -> Decision:
+    view, hints = _compose(gen, fmt, point, snap, known, target_sets, memo)
     legal = actions.infer_legal(view, hints)
     index = actions.action_from_choice(view, choice, point.order) if choice else -1
     if index < 0:
