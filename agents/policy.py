@@ -118,9 +118,9 @@ class PolicyPlayer(Player):
             return logits.argmax(axis=1)
         z = logits / self.temperature
         z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return np.array([self._rng.choice(len(row), p=row) for row in p])
+        cdf = np.exp(z).cumsum(axis=1)  # illegal actions add exactly 0, so are never picked
+        u = self._rng.random(len(cdf))[:, None] * cdf[:, -1:]
+        return np.minimum((cdf <= u).sum(axis=1), cdf.shape[1] - 1)
 
     def _battle_finished_callback(self, battle) -> None:
         self._caches.pop(battle.battle_tag, None)

@@ -185,7 +185,8 @@ def parse_condition(condition: str, percent: bool = True) -> tuple[float, str]:
     if status == "fnt" or hp_text == "0":
         return 0.0, "fnt"
     num, _, den = hp_text.partition("/")
-    den = "".join(c for c in den if c.isdigit())  # '24/48y' colour suffixes
+    if not den.isdigit():
+        den = "".join(c for c in den if c.isdigit())  # '24/48y' colour suffixes
     try:
         frac = public_hp(int(num), int(den), percent) if den else float(num) / 100
     except ValueError:

@@ -8,7 +8,8 @@
 3. Battles/s of `policy` vs `maxbp` as a ratio to `heuristic` vs `maxbp`, measured side by
    side on the same server in gen1ou.
 Targets: p99 under 15 ms per decision for small; the policy's battles/s at least 0.7 of
-the heuristic's.
+the heuristic's. Also printed: the same ratio per turn played, since a policy whose
+battles run longer plays more decisions per battle.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def battles_ratio(checkpoint: str, n: int) -> dict:
                           "winrate_vs_maxbp": result.summary()["p1_winrate"]}
     heuristic = (rows["heuristic"]["battles_per_s"] + rows["heuristic_again"]["battles_per_s"]) / 2
     rows["ratio_policy_to_heuristic"] = round(rows["policy"]["battles_per_s"] / heuristic, 3)
+    # Battles of different lengths cost different work: the same ratio per turn played.
+    turns = {k: rows[k]["battles_per_s"] * rows[k]["mean_turns"] for k in ("heuristic", "policy", "heuristic_again")}
+    rows["turns_ratio_policy_to_heuristic"] = round(
+        turns["policy"] / ((turns["heuristic"] + turns["heuristic_again"]) / 2), 3)
     return rows
 
 

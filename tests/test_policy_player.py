@@ -63,3 +63,24 @@ def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
     assert policy.decisions >= 5 * n
     assert policy.batches < policy.decisions  # concurrent battles shared forward passes
     assert policy._caches == {}  # every finished battle released its cache
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_sampling_follows_the_masked_softmax(temperature):
+    """_pick samples each legal action as often as softmax(logits / T) says, illegal never."""
+    import types
+
+    import numpy as np
+
+    logits = np.array([[2.0, 0.5, -1.0, 9.0, 0.0, 1.0] + [0.0] * 7] * 20_000, np.float32)
+    legal = np.zeros_like(logits, dtype=bool)
+    legal[:, [0, 1, 2, 5, 12]] = True  # the largest logit (3) is illegal
+    fake = types.SimpleNamespace(temperature=temperature, _rng=np.random.default_rng(0))
+    picks = PolicyPlayer._pick(fake, logits, legal)
+    assert legal[np.arange(len(picks)), picks].all()
+    z = np.where(legal[0], logits[0] / temperature, -np.inf)
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    observed = np.bincount(picks, minlength=13) / len(picks)
+    assert np.abs(observed - expected).max() < 0.015, (observed, expected)
+    fake.temperature = 0.0
+    assert (PolicyPlayer._pick(fake, logits[:3], legal[:3]) == 0).all()
