@@ -566,7 +566,7 @@ def plot_by_mix(ratings: dict, names: list[str], path: Path, title: str, anchor:
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel(f"rating ({anchor + ' = 1500' if anchor else 'mean 1500'}), 95% interval")
     ax.set_title(title)
-    ax.legend(title="team set", fontsize=8)
+    ax.legend(title="team set", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
