@@ -110,9 +110,9 @@ AGENTS: dict[str, AgentKind] = {
     ),
     "search": AgentKind(
         _search,
-        ("ms", "samples", "iterations", "workers", "c", "depth", "seed"),
+        ("ms", "samples", "iterations", "workers", "c", "depth", "rollout", "seed"),
         "decoupled UCT over Showdown's own simulator on sampled opponent sets: "
-        "search:ms=1000,samples=4[,workers=N,iterations=N,c=0.7,depth=8]",
+        "search:ms=1000[,samples=2,workers=N,iterations=N,c=0.7,depth=8,rollout=2]",
     ),
 }
 

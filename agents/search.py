@@ -1,21 +1,26 @@
-"""`search:ms=1000,samples=4`: a poke-env player that searches with Showdown's own simulator.
+"""`search:ms=1000`: a poke-env player that searches with Pokémon Showdown's own simulator.
 
 For each decision the player guesses the battle `samples` times: its own side exactly as its
 request shows it (team, moves, HP, PP, stats) plus the public tracker's boosts, volatiles and
-field, and the opponent's unseen sets sampled from usage statistics (battles/data/stats),
-always keeping every move, item, ability and species the opponent has revealed. Each guess
-is built once into a real Pokémon Showdown `Battle` inside a long-lived Node.js worker
-(agents/search_worker.js) and searched with decoupled UCT over both sides' simultaneous
-choices, cloning the battle through the simulator's state serialisation for every
-simulation; leaves are scored by an evaluation of the position (HP, status, boosts,
-Pokémon left). The player picks the choice with the largest visit share summed over guesses.
+field, and the opponent's unseen sets (and, in gen 1, unseen team members) sampled from usage
+statistics (battles/data/stats), always keeping every move, item, ability, tera type and
+species the opponent has revealed. Each guess is built once into a real Showdown `Battle` in a
+long-lived Node.js worker (agents/search_worker.js, agents/search_sim.js) and searched with
+decoupled UCT over both sides' simultaneous choices, restoring the battle from its serialised
+state for every simulation. Leaves are scored after `rollout` greedy turns by the position:
+material (HP, status, boosts, Pokémon left) and the duel the two active Pokémon would fight.
+The player picks the choice with the largest visit share summed over the guesses.
 
-    player = make_player("search:ms=300,samples=2", battle_format="gen1ou", ...)
+    player = make_player("search:ms=1000,samples=2", battle_format="gen1ou", ...)
     player.last_policy          # the last decision's visit shares over the 13 action slots
+    player.search_policy(battle)  # search a decision now (blocking), for teacher labels
 
-A worker that dies is restarted; that decision falls back to the tactician heuristic
-(agents.heuristics), logged. The order sent is always one the request allows: root choices
-come from the real request and are mapped to poke-env orders before the search starts.
+Params: ms (time per decision), samples (guesses), workers (Node processes; default one per
+core, at most `samples`), iterations (cap per guess, 0 = none), c (exploration), depth (tree
+depth cap), rollout (greedy turns past the tree), seed. A worker that dies is restarted and
+that decision falls back to the tactician heuristic (agents.heuristics), logged. The order
+sent is always one the request allows: root choices come from the real request and are
+mapped to poke-env orders before the search starts.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import asyncio
 import collections
 import json
 import logging
+import math
+import os
 import queue
 import re
 import subprocess
@@ -45,7 +52,6 @@ from battles.view import STATS_DIR, STATS_FILES, live_state, view_from_battle
 log = logging.getLogger(__name__)
 
 WORKER_JS = Path(__file__).resolve().with_name("search_worker.js")
-BOOSTS = ("atk", "def", "spa", "spd", "spe", "accuracy", "evasion")
 # Volatiles the worker rebuilds (battles.protocol names); others are public but irrelevant.
 SIM_VOLATILES = frozenset({
     "substitute", "confusion", "leechseed", "reflect", "lightscreen", "mustrecharge",
@@ -152,12 +158,14 @@ class SimWorker:
 
 
 class WorkerPool:
-    """`n` workers; commands run in parallel, one per free worker. A dead worker is restarted."""
+    """`n` workers; commands run in parallel, one per free worker. A worker that died or hung
+    is started again (and sent `warm`, when given, so its next answer is not slowed)."""
 
-    def __init__(self, n: int = 1, ps_dir: Path | None = None):
+    def __init__(self, n: int = 1, ps_dir: Path | None = None, warm: dict | None = None):
         if n < 1:
             raise ValueError(f"search workers must be at least 1, got {n}")
         self.workers = [SimWorker(ps_dir) for _ in range(n)]
+        self.warm = warm
         self._free: queue.Queue = queue.Queue()
         for w in self.workers:
             self._free.put(w)
@@ -172,8 +180,16 @@ class WorkerPool:
         try:
             return worker.call(cmd, timeout)
         except WorkerError as err:
+            if worker.alive():  # it answered with an error: nothing to restart
+                log.warning("%s", err)
+                return err
             log.warning("%s; restarting it", err)
-            worker.start()
+            try:
+                worker.start()
+                if self.warm:
+                    worker.call(self.warm, 60.0)
+            except WorkerError as again:
+                log.warning("search worker restart failed: %s", again)
             return err
         finally:
             self._free.put(worker)
@@ -182,6 +198,11 @@ class WorkerPool:
         """Answers in order; a failed command gives its WorkerError instead of raising."""
         futures = [self._executor.submit(self._one, c, timeout) for c in cmds]
         return [f.result() for f in futures]
+
+    def warm_all(self) -> None:
+        """Start every worker and load the format's data (in the background at start-up)."""
+        if self.warm:
+            self.run([self.warm] * len(self.workers), 60.0)
 
     def close(self) -> None:
         for w in self.workers:
@@ -461,23 +482,25 @@ def root_orders(battle: Battle, player) -> dict[str, object]:
 class SearchPlayer(TacticianPlayer):
     """Searches every decision with Showdown's simulator (see the module docstring)."""
 
-    def __init__(self, *, ms: int = 1000, samples: int = 4, iterations: int = 0, workers: int = 1,
-                 c: float = 0.7, depth: int = 8, seed: int | None = None, **player_kwargs):
-        for key, value, low in (("ms", ms, 1), ("samples", samples, 1), ("workers", workers, 1),
-                                ("iterations", iterations, 0), ("depth", depth, 1)):
-            if not isinstance(value, int) or value < low:
+    def __init__(self, *, ms: int = 1000, samples: int = 2, iterations: int = 0, workers: int = 0,
+                 c: float = 0.7, depth: int = 8, rollout: int = 2, seed: int | None = None,
+                 **player_kwargs):
+        for key, value, low in (("ms", ms, 1), ("samples", samples, 1), ("workers", workers, 0),
+                                ("iterations", iterations, 0), ("depth", depth, 1), ("rollout", rollout, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"search param {key}={value!r} must be an integer >= {low}")
         if not (isinstance(c, int | float) and c >= 0):
             raise ValueError(f"search param c={c!r} must be a number >= 0")
         self.ms, self.samples, self.iterations = ms, samples, iterations
-        self.c, self.depth = float(c), depth
-        self.leaf, self.rollout = "duel", 0
-        self.pool = WorkerPool(workers)
+        self.c, self.depth, self.rollout = float(c), depth, rollout
+        # One worker per core by default, and no more than there are samples to search at once.
+        workers = workers or max(1, min(samples, os.cpu_count() or 1, 4))
         fmt = player_kwargs.get("battle_format") or "gen9randombattle"
-        threading.Thread(target=self.pool.run, args=([{"cmd": "warm", "format": fmt}] * workers, 60.0),
-                         daemon=True).start()
+        self.pool = WorkerPool(workers, warm={"cmd": "warm", "format": fmt})
+        threading.Thread(target=self.pool.warm_all, daemon=True).start()
         self._rng = np.random.default_rng(seed)
         self.last_policy = np.zeros(N_ACTIONS, dtype=np.float32)
+        self.policies: dict[str, np.ndarray] = {}  # battle tag -> its latest decision's policy
         self.last_info: dict = {}
         self.fallbacks = 0
         self.decisions = 0
@@ -506,10 +529,10 @@ class SearchPlayer(TacticianPlayer):
 
     def _search(self, specs: list[dict], root: list[str], us: str) -> tuple[dict[str, float], dict]:
         """Summed visit shares per root choice over all samples (empty when every worker failed)."""
-        workers = len(self.pool.workers)
-        ms = max(5, self.ms * workers // len(specs))  # the samples share the budget
+        rounds = math.ceil(len(specs) / len(self.pool.workers))
+        ms = max(5, self.ms // rounds)  # samples beyond the workers share the decision's budget
         cmds = [{"cmd": "search", "spec": s, "ms": ms, "iterations": self.iterations, "c": self.c,
-                 "depth": self.depth, "seed": s["seed"], "root": root, "us": us, "leaf": self.leaf,
+                 "depth": self.depth, "seed": s["seed"], "root": root, "us": us,
                  "rollout": self.rollout}
                 for s in specs]
         timeout = 10.0 + 5 * ms / 1000 + (self.iterations or 0) / 50
@@ -570,6 +593,7 @@ class SearchPlayer(TacticianPlayer):
                 policy[index] += share
         total = policy.sum()
         self.last_policy = policy / total if total > 0 else policy
+        self.policies[battle.battle_tag] = self.last_policy
 
     def simulated_states(self, battle: Battle, samples: int = 1) -> list[dict]:
         """The battle as the worker builds it for `samples` guesses (for inspection and tests)."""
@@ -579,6 +603,9 @@ class SearchPlayer(TacticianPlayer):
             if not isinstance(a, dict):
                 raise a
         return answers
+
+    def _battle_finished_callback(self, battle) -> None:
+        self.policies.pop(battle.battle_tag, None)
 
     def close(self) -> None:
         """Stop the workers."""

@@ -241,7 +241,7 @@ class Checked(SearchPlayer):
 def test_real_battles_state_matches_and_never_illegal(showdown, fmt, n):
     logging.getLogger("agents.search").setLevel(logging.ERROR)  # the kill's fallback warning
     teams = load_team_set("competitive", fmt)
-    bot = Checked(ms=25, samples=1, seed=0, account_configuration=AccountConfiguration.generate("chk", rand=True),
+    bot = Checked(ms=25, samples=1, workers=1, seed=0, account_configuration=AccountConfiguration.generate("chk", rand=True),
                   battle_format=fmt, team=teams.sampler(3), server_configuration=showdown.server_configuration,
                   max_concurrent_battles=1, log_level=40)
     bot.setup_checks(kill_at=3)
