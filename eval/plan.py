@@ -43,7 +43,7 @@ class TournamentConfig:
     out: str = "runs/tournament"
     servers: int = 1
     concurrency: int = 16  # battles in flight per server
-    battle_timeout: float = 120.0  # seconds from challenge to the end of a battle
+    battle_timeout: float = 120.0  # seconds a battle may go without a decision before it is abandoned
     start_timeout: float = 30.0  # seconds for a challenge to become a battle
     max_attempts: int = 3  # tries per battle before it is recorded as an error
     max_restarts: int = 10  # server restarts (per server) before the run gives up

@@ -80,6 +80,7 @@ class _Flight:
     tag: str
     done: asyncio.Event
     fault: str = ""
+    last: float = field(default_factory=time.monotonic)  # the battle's last decision (or its start)
 
 
 @dataclass
@@ -333,6 +334,13 @@ class Tournament:
                 flight.fault = fault
                 flight.done.set()
 
+        def decided(tag: str) -> None:
+            # A decision is progress: a slow agent (search) is not a stalled server.
+            slot.last_progress = time.monotonic()
+            flight = slot.flights.get(tag)
+            if flight is not None:
+                flight.last = slot.last_progress
+
         def guarded(inner):
             def call(battle):
                 try:
@@ -341,14 +349,17 @@ class Tournament:
                     settle(battle.battle_tag, f"agent {agent} raised {type(err).__name__}: {err}")
                     raise
                 if not inspect.isawaitable(out):
+                    decided(battle.battle_tag)
                     return out
 
                 async def wait():
                     try:
-                        return await out
+                        order = await out
                     except Exception as err:
                         settle(battle.battle_tag, f"agent {agent} raised {type(err).__name__}: {err}")
                         raise
+                    decided(battle.battle_tag)
+                    return order
                 return wait()
             return call
 
@@ -378,11 +389,15 @@ class Tournament:
             flight.fault = slot.early.pop(tag)
             flight.done.set()
         try:
-            try:
-                left = self.cfg.battle_timeout - (time.monotonic() - t0)
-                await asyncio.wait_for(flight.done.wait(), max(left, 0.1))
-            except asyncio.TimeoutError:
-                flight.fault = f"timed out: not over {self.cfg.battle_timeout:g}s after the challenge"
+            # Timed out when no decision came for battle_timeout seconds (from the challenge on).
+            flight.last = t0
+            while not flight.done.is_set():
+                left = self.cfg.battle_timeout - (time.monotonic() - flight.last)
+                if left <= 0:
+                    flight.fault = f"timed out: no decision for {self.cfg.battle_timeout:g}s"
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(flight.done.wait(), left)
             data = None if flight.fault else await self._battle_json(slot, tag)
             if data is None and not flight.fault:
                 flight.fault = "the battle ended but the server wrote no record of it"

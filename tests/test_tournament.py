@@ -85,11 +85,11 @@ def test_config_needs_two_agents_and_an_existing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_default_config_has_every_registered_heuristic():
+def test_default_config_has_every_registered_heuristic_and_the_search_bot():
     cfg = load_config(REPO / "eval" / "configs" / "default.yaml")
     kinds = {registry.parse_spec(spec).kind for spec in cfg.agents.values()}
-    # the heuristics: every kind that needs no parameters (policy needs a checkpoint, search a budget)
-    assert kinds == {k for k in registry.known_agents() if not registry.AGENTS[k].params}
+    # the heuristics: every kind that needs no parameters (policy needs a checkpoint)
+    assert kinds == {k for k in registry.known_agents() if not registry.AGENTS[k].params} | {"search"}
     assert cfg.formats == ["gen1ou", "gen9ou"] and cfg.team_sets == ["competitive"]
     cfg = load_config(REPO / "eval" / "configs" / "default.yaml", ["agents.s1=tactician", "formats=[gen1ou]"])
     assert cfg.agents["s1"] == "tactician" and cfg.formats == ["gen1ou"]
@@ -352,3 +352,24 @@ def test_server_killed_mid_tournament_is_restarted_and_battles_replayed(tmp_path
     assert summary.restarts >= 1 and summary.faults >= 1
     keys = finished_keys(tmp_path)
     assert len(keys) == 24 == len(set(keys)) == summary.finished and summary.errors == 0
+
+
+class _Slow(Player):
+    """Thinks 0.25 s per decision: its battles outlast the battle timeout, its decisions do not."""
+
+    def choose_move(self, battle):
+        async def think():
+            await asyncio.sleep(0.25)
+            return self.choose_random_move(battle)
+        return think()
+
+
+@pytest.mark.server
+def test_a_slow_agent_is_not_a_stalled_battle(tmp_path, showdown, monkeypatch):
+    monkeypatch.setitem(registry.AGENTS, "slow", registry.AgentKind(lambda spec, **kw: _Slow(**kw), (), "slow"))
+    cfg = load_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.slow=slow", "battles_per_pair=4",
+                             "max_attempts=1", "battle_timeout=2", "bootstrap=50"])
+    summary = Tournament(cfg, servers=[showdown], progress=False).run()
+    rows = read_results(tmp_path)
+    assert summary.errors == 0 and summary.played == 4, [r["error"] for r in rows]
+    assert max(r["seconds"] for r in rows) > 2  # longer than the timeout, yet never abandoned
