@@ -75,6 +75,12 @@ def _policy(spec: AgentSpec, **player_kwargs: Any) -> Player:
             f"agent spec {spec.text!r}: checkpoint folder {path!r} does not exist; give the "
             "folder holding config.json and model.safetensors"
         )
+    if "labels" in params:
+        from agents.search_labels import SearchLabelledPolicy
+
+        return SearchLabelledPolicy(path, **params, **player_kwargs)
+    if any(k.startswith("label_") for k in params):
+        raise ValueError(f"agent spec {spec.text!r}: label_* params need labels=DIR")
     from agents.policy import PolicyPlayer  # torch and the model load only when asked for
 
     return PolicyPlayer(path, **params, **player_kwargs)
@@ -104,15 +110,17 @@ AGENTS: dict[str, AgentKind] = {
     ),
     "policy": AgentKind(
         _policy,
-        ("path", "temperature", "greedy", "seed", "device", "threads"),
-        "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]",
+        ("path", "temperature", "greedy", "seed", "device", "threads", "labels", "label_ms", "label_samples",
+         "label_seed"),
+        "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]; with "
+        "labels=DIR[,label_ms=100] a search bot labels every position it faces (agents/search_labels.py)",
         required=("path",),
     ),
     "search": AgentKind(
         _search,
-        ("ms", "samples", "iterations", "workers", "c", "depth", "rollout", "seed"),
+        ("ms", "samples", "iterations", "workers", "c", "depth", "rollout", "seed", "labels"),
         "decoupled UCT over Showdown's own simulator on sampled opponent sets: "
-        "search:ms=1000[,samples=2,workers=N,iterations=N,c=0.7,depth=8,rollout=2]",
+        "search:ms=1000[,samples=2,workers=N,iterations=N,c=0.7,depth=8,rollout=2,labels=DIR]",
     ),
 }
 

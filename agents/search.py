@@ -484,7 +484,7 @@ class SearchPlayer(TacticianPlayer):
 
     def __init__(self, *, ms: int = 1000, samples: int = 2, iterations: int = 0, workers: int = 0,
                  c: float = 0.7, depth: int = 8, rollout: int = 2, seed: int | None = None,
-                 **player_kwargs):
+                 labels: str | None = None, **player_kwargs):
         for key, value, low in (("ms", ms, 1), ("samples", samples, 1), ("workers", workers, 0),
                                 ("iterations", iterations, 0), ("depth", depth, 1), ("rollout", rollout, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -504,6 +504,11 @@ class SearchPlayer(TacticianPlayer):
         self.last_info: dict = {}
         self.fallbacks = 0
         self.decisions = 0
+        self.label_writer = None
+        if labels:  # expert demonstrations: its own visit shares at every decision
+            from agents.search_labels import LabelWriter
+
+            self.label_writer = LabelWriter(labels, f"search:ms={ms},samples={samples}")
         super().__init__(**player_kwargs)
 
     async def choose_move(self, battle):
@@ -514,14 +519,21 @@ class SearchPlayer(TacticianPlayer):
         if len(orders) <= 1:  # forced: nothing to search
             order = next(iter(orders.values()), None) or self.choose_default_move()
             self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
-            return order
-        specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
-        shares, info = await asyncio.to_thread(self._search, specs, list(orders), battle.last_request["side"]["id"])
-        return self._decide(battle, orders, shares, info)
+        else:
+            specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
+            shares, info = await asyncio.to_thread(self._search, specs, list(orders),
+                                                   battle.last_request["side"]["id"])
+            order = self._decide(battle, orders, shares, info)
+        if self.label_writer is not None:
+            self.label_writer.record(battle, self.last_policy, order_to_index(order, battle, view_from_battle(battle)))
+        return order
 
     def search_policy(self, battle: Battle) -> np.ndarray:
         """Search this battle's current decision (blocking); visit shares over the 13 slots."""
         orders = root_orders(battle, self)
+        if len(orders) <= 1:  # forced: nothing to search
+            self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
+            return self.last_policy.copy()
         specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
         shares, info = self._search(specs, list(orders), battle.last_request["side"]["id"])
         self._decide(battle, orders, shares, info)
@@ -606,6 +618,8 @@ class SearchPlayer(TacticianPlayer):
 
     def _battle_finished_callback(self, battle) -> None:
         self.policies.pop(battle.battle_tag, None)
+        if self.label_writer is not None:
+            self.label_writer.finish(battle, self.username)
 
     def close(self) -> None:
         """Stop the workers."""

@@ -1,0 +1,165 @@
+"""Search labels: the search bot's visit distribution at each decision, written per battle.
+
+Two players record labels while they play, one JSON file per battle and side, written
+atomically when the battle ends (a killed run keeps every finished battle's labels):
+
+- `policy:PATH,labels=DIR,label_ms=100` (`SearchLabelledPolicy`): the student plays as
+  usual, and a search bot searches every position the student faces; its visit shares
+  are the label (the position the student really faced, not a replay of it).
+- `search:ms=1000,labels=DIR`: the search bot records its own visit shares: expert
+  demonstrations with a full distribution, not just the chosen action.
+
+`attach_labels` then writes the labels into built trajectories as teacher probabilities
+(`battles.trajectories.update_teacher`). A label file belongs to a trajectory when the room,
+the side, the number of decisions and every action the log shows agree; labels are
+renormalised over the trajectory's legal mask. Battles that do not match are counted,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from agents.policy import PolicyPlayer
+from battles.actions import N_ACTIONS, order_to_index
+from battles.trajectories import list_shards, read_trajectories, update_teacher
+from battles.view import view_from_battle
+
+LABEL_SUFFIX = ".labels.json"
+
+
+class LabelWriter:
+    """Collects one label per decision for each battle; writes the battle's file at its end."""
+
+    def __init__(self, folder: str | Path, source: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.source = source
+        self._open: dict[str, dict] = {}
+
+    def record(self, battle, probs: np.ndarray, action: int) -> None:
+        entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": []})
+        entry["labels"].append([round(float(p), 5) for p in probs])
+        entry["actions"].append(int(action))
+
+    def finish(self, battle, username: str) -> Path | None:
+        entry = self._open.pop(battle.battle_tag, None)
+        if entry is None or not battle.player_role:
+            return None
+        room = battle.battle_tag.removeprefix("battle-")
+        path = self.folder / f"{room}-{battle.player_role}{LABEL_SUFFIX}"
+        data = {"room": room, "side": battle.player_role, "player": username, "source": self.source, **entry}
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)  # complete or absent
+        return path
+
+
+def _chosen_index(order, battle) -> int:
+    try:
+        return order_to_index(order, battle, view_from_battle(battle))
+    except ValueError:
+        return -1
+
+
+class SearchLabelledPolicy(PolicyPlayer):
+    """A policy player whose every decision is also searched; the search's shares are written as labels."""
+
+    def __init__(self, checkpoint: str, *, labels: str, label_ms: int = 100, label_samples: int = 2,
+                 label_seed: int | None = None, **kwargs):
+        from agents.search import SearchPlayer
+
+        fmt = kwargs.get("battle_format")
+        # Not connected to any server: it only searches positions this player hands it.
+        self.labeller = SearchPlayer(ms=label_ms, samples=label_samples, seed=label_seed, battle_format=fmt,
+                                     start_listening=False, log_level=40)
+        self.label_writer = LabelWriter(labels, f"search:ms={label_ms},samples={label_samples}")
+        super().__init__(checkpoint, **kwargs)
+
+    async def choose_move(self, battle):
+        rqid = battle.last_request.get("rqid")
+        seen = self._last.get(battle.battle_tag)
+        if not battle.last_request.get("side") or (seen is not None and rqid is not None and seen[0] == rqid):
+            return await super().choose_move(battle)  # a resent request: labelled already
+        probs = await asyncio.to_thread(self.labeller.search_policy, battle)
+        order = await super().choose_move(battle)
+        self.label_writer.record(battle, probs, _chosen_index(order, battle))
+        return order
+
+    def _battle_finished_callback(self, battle) -> None:
+        self.label_writer.finish(battle, self.username)
+        super()._battle_finished_callback(battle)
+
+    def close(self) -> None:
+        self.labeller.close()
+
+
+def read_labels(folder: str | Path) -> dict[tuple[str, str], dict]:
+    """Label files under `folder`, keyed (room, side)."""
+    out = {}
+    for path in sorted(Path(folder).glob(f"*{LABEL_SUFFIX}")):
+        data = json.loads(path.read_text())
+        out[(data["room"], data["side"])] = data
+    return out
+
+
+def _room_of(battle_id: str, rooms: set[str]) -> str | None:
+    """The room a trajectory's battle id ends with (ids are '<prefix>-<room>' or the room)."""
+    for k in range(len(battle_id)):
+        if (k == 0 or battle_id[k - 1] == "-") and battle_id[k:] in rooms:
+            return battle_id[k:]
+    return None
+
+
+def match_labels(traj, entry: dict) -> tuple[np.ndarray | None, str]:
+    """The label rows for this trajectory, renormalised over its legal actions, or why not."""
+    labels = np.asarray(entry["labels"], np.float32).reshape(-1, N_ACTIONS)
+    if len(labels) != len(traj.action):
+        return None, "decision_count_mismatch"
+    actions = np.asarray(entry["actions"])
+    shown = traj.action >= 0
+    if (actions[shown] != traj.action[shown]).any():
+        return None, "action_mismatch"
+    probs = np.where(traj.legal, labels, 0.0)
+    mass = probs.sum(axis=1, keepdims=True)
+    # A label with no mass on the log's legal actions (a forced position) falls back to
+    # uniform over them, so the row still holds a distribution.
+    uniform = traj.legal / np.maximum(traj.legal.sum(axis=1, keepdims=True), 1)
+    probs = np.where(mass > 0, probs / np.maximum(mass, 1e-12), uniform)
+    return probs.astype(np.float32), ""
+
+
+def attach_labels(trajectories: str | Path, labels: str | Path) -> dict:
+    """Write every matching label file under `labels` into the shards under `trajectories`.
+
+    Returns counts: trajectories labelled, label files used, and why others were not.
+    """
+    entries = read_labels(labels)
+    rooms = {room for room, _ in entries}
+    counts: Counter = Counter()
+    used = set()
+    for shard in list_shards(trajectories):
+        found = {}
+        for traj in read_trajectories(shard):
+            room = _room_of(traj.battle_id, rooms)
+            entry = entries.get((room, traj.player)) if room else None
+            if entry is None:
+                counts["unlabelled_trajectories"] += 1
+                continue
+            probs, why = match_labels(traj, entry)
+            if probs is None:
+                counts[why] += 1
+                continue
+            found[(traj.battle_id, traj.player)] = (probs, entry["source"])
+            used.add((room, traj.player))
+        if found:
+            counts["labelled"] += update_teacher(shard, found)
+    counts["label_files"] = len(entries)
+    counts["label_files_unused"] = len(entries) - len(used)
+    return dict(counts)

@@ -1,0 +1,81 @@
+"""Search labels recorded in real battles and attached to the trajectories built from them."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from agents.search_labels import attach_labels, read_labels
+from battles.build import build
+from battles.encode import ObservationEncoder
+from battles.trajectories import list_shards, read_trajectories
+from eval.match import Match
+from models.checkpoint import save_checkpoint
+from models.policy import PolicyConfig, PolicyTransformer
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    enc = ObservationEncoder()
+    model = PolicyTransformer(PolicyConfig.preset("tiny", vocab_size=enc.vocab.size, n_tokens=enc.n_tokens,
+                                                  n_numbers=enc.n_numbers))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(path, model, encoder_version=enc.version, vocab_hash=enc.vocab.hash)
+    return path
+
+
+def test_labels_from_real_battles_attach_to_both_sides(tmp_path, showdown, checkpoint):
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    student, expert = tmp_path / "student-labels", tmp_path / "expert-labels"
+    result = Match(f"policy:{checkpoint},labels={student},label_ms=20,label_samples=1", f"search:ms=20,samples=1,labels={expert}",
+                   battle_format="gen1ou", team_set="competitive", n=2, out_dir=tmp_path / "battles", concurrency=2,
+                   server=showdown, progress=False).run()
+    assert result.battles == 2 and result.errors == 0
+    assert len(read_labels(student)) == 2 and len(read_labels(expert)) == 2
+    for entry in read_labels(student).values():
+        labels, actions = np.asarray(entry["labels"]), np.asarray(entry["actions"])
+        mass = labels.sum(axis=1)
+        # A distribution at every decision; none only where there was no choice to make.
+        assert labels.shape[1] == 13 and np.allclose(mass[mass > 0], 1.0, atol=1e-3)
+        assert (actions[mass == 0] == -1).all() and (mass > 0).mean() > 0.8
+        assert entry["source"] == "search:ms=20,samples=1"
+
+    build([tmp_path / "battles"], tmp_path / "traj")
+    counts_student = attach_labels(tmp_path / "traj", student)
+    counts_expert = attach_labels(tmp_path / "traj", expert)
+    # Every battle's student side and expert side found its labels; nothing was guessed.
+    assert counts_student["labelled"] == 2 and counts_expert["labelled"] == 2, (counts_student, counts_expert)
+    assert counts_student["label_files_unused"] == 0 == counts_expert["label_files_unused"]
+    trajs = [t for shard in list_shards(tmp_path / "traj") for t in read_trajectories(shard)]
+    assert len(trajs) == 4
+    for t in trajs:
+        assert t.teacher is not None and t.teacher.shape == (len(t.action), 13)
+        any_legal = t.legal.any(axis=1)  # rows with no legal action (forced, waiting) stay empty
+        assert np.allclose(t.teacher[any_legal].sum(axis=1), 1.0, atol=1e-4)
+        assert (t.teacher[~any_legal] == 0).all()
+        assert (t.teacher[~t.legal] == 0).all()
+        assert t.teacher_source.startswith("search:ms=20")
+        if t.agent.startswith("search"):  # the expert's label puts mass on what it chose
+            shown = t.action >= 0
+            assert (t.teacher[shown, t.action[shown]] > 0).all()
+
+
+def test_mismatched_labels_are_counted_not_attached(tmp_path, showdown, checkpoint):
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    labels = tmp_path / "labels"
+    Match("maxbp", f"search:ms=10,samples=1,labels={labels}", battle_format="gen1ou", team_set="competitive", n=1,
+          out_dir=tmp_path / "battles", concurrency=1, server=showdown, progress=False).run()
+    build([tmp_path / "battles"], tmp_path / "traj")
+    (path,) = labels.glob("*.labels.json")
+    data = json.loads(path.read_text())
+    data["labels"] = data["labels"][:-1]  # one decision short
+    data["actions"] = data["actions"][:-1]
+    path.write_text(json.dumps(data))
+    counts = attach_labels(tmp_path / "traj", labels)
+    assert counts.get("labelled", 0) == 0 and counts["decision_count_mismatch"] == 1
+    assert all(t.teacher is None for s in list_shards(tmp_path / "traj") for t in read_trajectories(s))
