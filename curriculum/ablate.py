@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import signal
 from dataclasses import dataclass, field
@@ -46,14 +45,16 @@ from battles.encode import ObservationEncoder
 from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import shard_stats
-from curriculum.config import from_dict, load_config, save_config, to_dict
-from curriculum.pretrain import (
+from curriculum.batches import DecisionBatches, counted
+from curriculum.config import flatten, from_dict, load_config, save_config, to_dict
+from curriculum.imitation import (
     PretrainConfig,
     build_model,
     checkpoint_saver,
     data_filters,
     imitation_loss,
 )
+from curriculum.phases import ServerOnDemand, write_json
 from curriculum.trainer import Trainer, make_accelerator, state_steps
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")  # no '.': it separates mix and seed
@@ -174,13 +175,6 @@ def source_dir(cfg: AblateConfig, name: str) -> Path:
 
 
 # -- phase 1: data -----------------------------------------------------------------------------
-def _atomic_json(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_")[-40:]  # a path's end tells checkpoints apart
 
@@ -231,7 +225,7 @@ def make_source(cfg: AblateConfig, name: str, get_server) -> dict:
         raise ValueError(f"source {name!r}: no trajectories labelled {name!r} in {source_dir(cfg, name)} "
                          f"(labels there: {labels or 'none'}); check its inputs, or name the source after a label")
     record = {"source": name, "recipe": recipe, "stats": stats, "summary": summary}
-    _atomic_json(record, made)
+    write_json(record, made)
     return record
 
 
@@ -263,84 +257,6 @@ def expected_epochs(weights: dict[str, float], sizes: dict[str, dict], total_dec
 
 
 # -- phase 2: train ----------------------------------------------------------------------------
-def learnable(sample: dict) -> torch.Tensor:
-    """The decisions of a window the imitation loss learns from (its `bc` mask)."""
-    action = sample["action"]
-    legal_target = sample["legal"].gather(-1, action.clamp(min=0)[..., None]).squeeze(-1)
-    return sample["loss_mask"] & sample["mask"] & (action >= 0) & legal_target
-
-
-class DecisionBatches:
-    """Batches of exactly `decisions` learnable decisions from a DataMix (trainer ResumableData).
-
-    Windows are drawn in the mix's order until the batch holds `decisions`; the window that
-    overshoots has its loss mask cut after the last decision needed (its rest is dropped, not
-    carried over), so every batch holds the same count whatever the battles' lengths. The
-    state holds the mix position and what was drawn: batches, decisions, and per source the
-    windows and decisions.
-    """
-
-    max_windows = 4096  # a batch that needs more has (nearly) nothing to learn from
-
-    def __init__(self, mix: DataMix, decisions: int):
-        if decisions < 1:
-            raise ValueError(f"decisions per batch must be >= 1, got {decisions}")
-        self.mix, self.decisions = mix, decisions
-        self.drawn = {"batches": 0, "decisions": 0, "windows": {n: 0 for n in mix.names},
-                      "source_decisions": {n: 0 for n in mix.names}}
-        self.batches_at_start = 0
-
-    def __iter__(self):
-        samples_of = iter(self.mix)
-        self.batches_at_start = self.drawn["batches"]
-        while True:
-            samples, need, counts = [], self.decisions, []
-            while need > 0:
-                if len(samples) >= self.max_windows:
-                    raise ValueError(f"{self.max_windows} windows of mix {self.mix.weights} hold fewer than "
-                                     f"{self.decisions} learnable decisions; its data hides its actions")
-                sample = next(samples_of)
-                where = torch.nonzero(learnable(sample)).flatten()
-                if len(where) > need:
-                    sample["loss_mask"] = sample["loss_mask"].clone()
-                    sample["loss_mask"][int(where[need]):] = False
-                    where = where[:need]
-                need -= len(where)
-                samples.append(sample)
-                counts.append((sample["source"], len(where)))
-            for source, n in counts:
-                self.drawn["windows"][source] = self.drawn["windows"].get(source, 0) + 1
-                self.drawn["source_decisions"][source] = self.drawn["source_decisions"].get(source, 0) + n
-            self.drawn["batches"] += 1
-            self.drawn["decisions"] += sum(n for _, n in counts)  # counted, not assumed
-            yield collate(samples)
-
-    def state_dict(self) -> dict:
-        """The mix position and what was drawn so far."""
-        return {"mix": self.mix.state_dict(), "decisions_per_batch": self.decisions,
-                **json.loads(json.dumps(self.drawn))}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position (same mix and decisions per batch)."""
-        if state["decisions_per_batch"] != self.decisions:
-            raise ValueError(f"training state has {state['decisions_per_batch']} decisions per batch, this "
-                             f"member {self.decisions}; resume with the same budget")
-        self.mix.load_state_dict(state["mix"])
-        self.drawn = {k: state[k] for k in self.drawn}
-
-
-def counted(loss_fn):
-    """The loss, counting in `.decisions` those it trained on (a check on DecisionBatches)."""
-
-    def loss(model, batch):
-        value, metrics = loss_fn(model, batch)
-        loss.decisions += float(metrics["decisions"]) if model.training else 0.0
-        return value, metrics
-
-    loss.decisions = 0.0
-    return loss
-
-
 def train_member(pre: PretrainConfig, decisions_per_step: int):
     """pretrain.run with DecisionBatches for data; returns (TrainResult, data, counted loss)."""
     run_dir = Path(pre.run_dir)
@@ -365,20 +281,13 @@ def train_member(pre: PretrainConfig, decisions_per_step: int):
     return trainer.fit(), data, loss
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "mix" else {prefix + k: v})
-    return out
-
-
 def check_member(name: str, pre: PretrainConfig, budget: dict) -> dict | None:
     """The member's ablate.json, if any; ValueError if its folder was made for another recipe."""
     run_dir = Path(pre.run_dir)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = _flat(to_dict(load_config(PretrainConfig, saved, [])))
-        new = _flat(to_dict(pre))
+        old = flatten(to_dict(load_config(PretrainConfig, saved, [])), keep=("mix",))
+        new = flatten(to_dict(pre), keep=("mix",))
         diff = sorted(k for k in new if k not in _MUTABLE and old.get(k) != new[k])
         if diff:
             raise ValueError(f"member {name} in {run_dir} was trained with other settings ({', '.join(diff)}); "
@@ -411,7 +320,7 @@ def run_member(cfg: AblateConfig, name: str, sizes: dict) -> dict:
     if record and record.get("finished") and (run_dir / "final").is_dir():
         print(f"train: {name} done before, skipped", flush=True)
         return record
-    _atomic_json({"member": name, "mix": mix, "seed": seed, "weights": pre.mix, "budget": budget,
+    write_json({"member": name, "mix": mix, "seed": seed, "weights": pre.mix, "budget": budget,
                   "finished": False}, run_dir / "ablate.json")
     print(f"train: {name} ({pre.mix}), {budget['steps']} steps x {budget['decisions_per_step']} decisions", flush=True)
     result, data, loss = train_member(pre, cfg.budget.decisions_per_step)
@@ -437,7 +346,7 @@ def run_member(cfg: AblateConfig, name: str, sizes: dict) -> dict:
               "repeats": sorted(s for s, e in epochs.items() if e > 1.0),
               **last_losses(run_dir),
               "checkpoint": str(result.final_checkpoint), "checked": True, "finished": True}
-    _atomic_json(record, run_dir / "ablate.json")
+    write_json(record, run_dir / "ablate.json")
     print(f"train: {name} done: {recorded['steps']} steps, {recorded['decisions']} decisions (budget met); "
           f"epochs {record['epochs']}", flush=True)
     return record
@@ -658,17 +567,7 @@ def run(cfg: AblateConfig, server=None, after_member=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    servers: list = []
-
-    def get_server():  # one local Showdown server, started only when a phase needs it
-        if server is not None:
-            return server
-        if not servers:
-            from battles.server import ShowdownServer
-
-            servers.append(ShowdownServer().start())
-        return servers[0]
-
+    get_server = ServerOnDemand(server)  # started only when a phase needs it
     try:
         made = {name: make_source(cfg, name, get_server) for name in cfg.sources}
         check_labels(cfg, made)
@@ -687,13 +586,12 @@ def run(cfg: AblateConfig, server=None, after_member=None) -> dict:
                 after_member(name)
         if cfg.stop_after == "train":
             return {"stopped_after": "train", "members": records}
-        rows, tournament = play_tournament(cfg, server if server is not None else (servers[0] if servers else None))
+        rows, tournament = play_tournament(cfg, get_server.current())
     finally:
-        for s in servers:
-            s.stop()
+        get_server.stop()
     table = write_ablation(cfg, rows, records, sizes, tournament["planned"])
     result = {"members": records, "tournament": tournament, **table}
-    _atomic_json(result, out / "report" / "ablation.json")
+    write_json(result, out / "report" / "ablation.json")
     print("\n" + table["table"] + "\n")
     print("\n".join(table["separations"]))
     print("across team sets, intervals apart: " + ("; ".join(table["shifts"]) or "none"))

@@ -5,9 +5,10 @@
 
 Phases; running the same command again continues where it stopped, redoing nothing finished:
 
-  1 chain       curriculum.coach with the `chain` settings in OUT/chain (its run_dir is set there):
-                R rounds, each playing fresh battles with the last promoted student, labelled by the
-                coach, trained for its own steps, judged by the promotion tournament.
+  1 chain       stage 2 (python -m curriculum.coach, run as its own command on OUT/chain.yaml, the
+                `chain` settings with run_dir OUT/chain): R rounds, each playing fresh battles with
+                the last promoted student, labelled by the coach, trained for its own steps, judged
+                by the promotion tournament; it starts its own Showdown server.
   2 controls    from the same first student, with the same coach labels, loss, decisions per step
                 and seed, each for S steps, S = the chain's total training steps (every round's):
                   pooled       every round's data pooled, trained once: the chain's data and compute,
@@ -30,14 +31,15 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from curriculum import coach as stage2
-from curriculum.config import load_config, save_config, to_dict
+from curriculum.coaching import CoachStageConfig, train_student
+from curriculum.config import check_same_run, load_config, save_config
 from curriculum.lineage import read_lineage
+from curriculum.phases import write_json
 from curriculum.promotion import play_tournament, rate_results, write_tournament_report
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class EvalConfig:
 @dataclass
 class IterationAblationConfig:
     out: str = "runs/ablate_iteration"
-    chain: stage2.CoachStageConfig = field(default_factory=lambda: stage2.CoachStageConfig(rounds=2))  # run_dir: OUT/chain
+    chain: CoachStageConfig = field(default_factory=lambda: CoachStageConfig(rounds=2))  # run_dir: OUT/chain
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
     eval: EvalConfig = field(default_factory=EvalConfig)
     stop_after: str = ""  # chain | controls | tournament
@@ -89,31 +91,25 @@ class IterationAblationConfig:
             raise ValueError(f"eval.references may not use the names {sorted(reserved & set(self.eval.references))}")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in ("opponents", "references")
-                   else {prefix + k: v})
-    return out
-
-
-def check_same_out(cfg: IterationAblationConfig, out: Path) -> None:
-    """A resumed ablation keeps the settings its finished work was made with."""
-    path = out / "config.yaml"
-    if not path.is_file():
-        return
-    saved, now = _flat(yaml.safe_load(path.read_text()) or {}), _flat(to_dict(cfg))
-    changed = [k for k in sorted(set(saved) | set(now)) if k not in _MUTABLE and saved.get(k) != now.get(k)]
-    if changed:
-        raise ValueError(f"{out} was started with other settings ({', '.join(changed)}); resume with the same "
-                         "settings or give another out=")
-
-
-def _atomic_json(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+# -- phase 1: chain -------------------------------------------------------------------------
+def run_chain(chain_cfg: CoachStageConfig, out: Path) -> dict:
+    """Run (or resume) stage 2 on `chain_cfg` as its own command; the chain's lineage record."""
+    # A recipe is run, never imported (DESIGN.md): the chain is the stage 2 command a user would
+    # type, on its settings saved to OUT/chain.yaml.
+    config = out / "chain.yaml"
+    save_config(chain_cfg, config)
+    cmd = [sys.executable, "-m", "curriculum.coach", "--config", str(config)]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    with subprocess.Popen(cmd, env=env) as proc:
+        try:
+            status = proc.wait()
+        except KeyboardInterrupt:
+            proc.wait()  # Ctrl-C reached the chain too: let it stop its server and keep what it finished
+            raise
+    if status != 0:
+        raise ValueError(f"the chain (stage 2) stopped with exit status {status}, its message above: {' '.join(cmd)}")
+    return read_lineage(chain_cfg.run_dir)
 
 
 # -- phase 2: controls ----------------------------------------------------------------------
@@ -135,7 +131,7 @@ def control_plan(name: str, budget: dict) -> dict:
             "data_decisions": sum(r["data_decisions"] for r in rounds), "battles": sum(r["battles"] for r in rounds)}
 
 
-def run_control(cfg: IterationAblationConfig, chain_cfg: stage2.CoachStageConfig, name: str, student: Path,
+def run_control(cfg: IterationAblationConfig, chain_cfg: CoachStageConfig, name: str, student: Path,
                 budget: dict, coach_source: str) -> dict:
     """Train (or find trained) one control; its control.json."""
     folder = Path(cfg.out) / "controls" / name
@@ -148,14 +144,14 @@ def run_control(cfg: IterationAblationConfig, chain_cfg: stage2.CoachStageConfig
     if record and record.get("finished"):
         print(f"controls: {name} done before, skipped", flush=True)
         return record
-    _atomic_json({**plan, "student": str(student), "finished": False}, path)
+    write_json({**plan, "student": str(student), "finished": False}, path)
     print(f"controls: {name}: {plan['steps']} steps on {len(plan['data'])} round(s) of data "
           f"({plan['data_decisions']} decisions)", flush=True)
-    trained = stage2.train_student(chain_cfg, folder, student, [Path(p) for p in plan["data"]], steps=plan["steps"],
-                                   coach_source=coach_source, recipe=f"coach-control-{name}")
+    trained = train_student(chain_cfg, folder, student, [Path(p) for p in plan["data"]], steps=plan["steps"],
+                            coach_source=coach_source, recipe=f"coach-control-{name}")
     record = {**plan, "student": str(student), "training": trained, "finished": trained["finished"],
               "decisions_trained": trained["decisions_trained"], "checkpoint": trained["checkpoint"]}
-    _atomic_json(record, path)
+    write_json(record, path)
     return record
 
 
@@ -266,7 +262,7 @@ def write_table(cfg: IterationAblationConfig, rows: list[dict], agents: dict[str
         w.writerows(table)
     result = {"table": table, "findings": findings, "budget": budget, "controls": controls,
               "chain_output": output_name}
-    _atomic_json(result, report_dir / "iteration.json")
+    write_json(result, report_dir / "iteration.json")
     colors = {"student": "black", "coach": "tab:purple", "pooled": "tab:orange", "first_round": "tab:red"}
     order = ratings.order()[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(order)))
@@ -290,22 +286,23 @@ def write_table(cfg: IterationAblationConfig, rows: list[dict], agents: dict[str
 
 # -- the recipe --------------------------------------------------------------------------------
 def run(cfg: IterationAblationConfig, server=None) -> dict | None:
-    """Run (or resume) the ablation; the table's data once every phase is done, else None."""
+    """Run (or resume) the ablation (its tournament on `server`, or its own; the chain starts its own);
+    the table's data once every phase is done, else None."""
     out = Path(cfg.out)
-    check_same_out(cfg, out)
+    check_same_run(cfg, out, _MUTABLE, keep=("opponents", "references"), what=str(out), fix="give another out=")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").is_file():
         save_config(cfg, out / "config.yaml")
     chain_cfg = dataclasses.replace(cfg.chain, run_dir=str(out / "chain"))
 
     # 1. chain
-    summary = stage2.run(chain_cfg, server=server)
+    summary = run_chain(chain_cfg, out)
     if summary["status"] != "done":
         print("chain: not finished; run the same command again to continue", flush=True)
         return None
     if cfg.stop_after == "chain":
         return None
-    rounds = [read_lineage(stage2.round_dir(chain_cfg, k)) for k in range(1, chain_cfg.rounds + 1)]
+    rounds = [read_lineage(r["run"]) for r in summary["rounds"]]
     budget = chain_budget(rounds)
 
     # 2. controls

@@ -28,116 +28,44 @@ again continues where it stopped (finished rounds and phases are not redone):
 
 RUN/lineage.json sums the chain up (every round, its verdict and ratings); once all `rounds` are
 done its `output` is the last promoted student, so a later stage may take parent=RUN.
+
+Play, the student's selection and the promotion tournament are curriculum/phases.py's (shared
+with stage 1); the settings, the loss and the training are curriculum/coaching.py's (shared
+with the iteration ablation, curriculum/ablate_iteration.py, which runs this recipe as its chain).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
-import yaml
-from torch.utils.data import DataLoader
-
-from agents.registry import parse_spec
 from battles.build import build
-from battles.dataset import DataMix, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
-from battles.shards import list_shards
-from curriculum.ablate import DecisionBatches
-from curriculum.config import load_config, save_config, to_dict
+from curriculum.coaching import COACH, SELF, CoachStageConfig, train_student
+from curriculum.config import check_same_run, load_config, save_config, to_dict
 from curriculum.lineage import LINEAGE, read_lineage, resolve_parent, update_lineage
-from curriculum.promotion import RULES, Decision, describe
-from curriculum.selfplay import (
-    PromotionConfig,
-    SelfPlayConfig,
-    StageTrainerConfig,
+from curriculum.phases import (
+    PlayConfig,
+    ServerOnDemand,
     evaluate,
     learner_matcher,
-    learner_stats,
+    mark,
+    phase_done,
     play,
     select_learner,
+    stop_here,
 )
-from curriculum.trainer import Trainer
-from models.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from curriculum.promotion import Decision, describe
+from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
-# Stage 1's phase functions and settings (curriculum.selfplay) are reused as they are;
-# DecisionBatches (exactly N decisions per step, the unit of the ablation's budgets) lives in the
-# data-mix ablation recipe for now. Both are generic enough to move to component modules.
 
-PHASES = ("play", "build", "label", "train", "evaluate")
-SELF, COACH = "self", "coach"  # opponent names that stand for the student and the coach
 # Keys that may change between invocations: they change how, or how far, not what is computed.
 _MUTABLE = {"run_dir", "rounds", "stop_after", "concurrency", "train_threads", "label_batch_size",
             "promotion.concurrency", "promotion.max_battles", "trainer.stop_after_steps",
             "trainer.wandb_mode", "trainer.log_every"}
-
-
-@dataclass
-class CoachStageConfig:
-    run_dir: str = "runs/stage2"
-    stage: str = "stage2"
-    student: str = "runs/stage1"  # checkpoint, pretrain run or stage run folder (its output)
-    coach: str = ""  # the teacher: a checkpoint or run folder, e.g. a larger or later model
-    coach_temperature: float = 1.0  # labels are softmax(coach logits / coach_temperature)
-    rounds: int = 1
-    format: str = "gen1ou"
-    team_set: str = "competitive"
-    battles: int = 500  # per round
-    opponents: dict[str, float] = field(
-        default_factory=lambda: {SELF: 0.4, "tactician": 0.3, "bestdamage": 0.3})
-    temperature: float = 1.0  # the student's sampling temperature while playing
-    concurrency: int = 16
-    shard_battles: int = 50
-    seed: int = 0
-    # learning
-    kl_weight: float = 1.0
-    win_weight: float = 0.5
-    value_weight: float = 0.5
-    epochs: float = 3.0  # passes over the round's decisions
-    steps: int = 0  # > 0: exactly this many steps per round instead of `epochs`
-    decisions_per_step: int = 512  # every step learns from exactly this many decisions
-    window: int = 64
-    val_fraction: float = 0.05
-    label_batch_size: int = 16
-    train_threads: int = 0  # torch threads while training (0: half the cores, at most 4)
-    promote_with_coach: bool = True  # the coach plays in every promotion tournament
-    trainer: StageTrainerConfig = field(default_factory=StageTrainerConfig)  # max_steps: from epochs
-    promotion: PromotionConfig = field(default_factory=PromotionConfig)
-    stop_after: str = ""  # play | build | label | train | evaluate: stop the current round there
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds={self.rounds}: must be at least 1")
-        if self.coach_temperature <= 0:
-            raise ValueError(f"coach_temperature={self.coach_temperature}: must be > 0")
-        if min(self.kl_weight, self.win_weight, self.value_weight) < 0 or self.kl_weight + self.win_weight <= 0:
-            raise ValueError(f"kl_weight={self.kl_weight}, win_weight={self.win_weight}: must be >= 0 and not "
-                             "both 0 (value_weight too must be >= 0)")
-        if self.decisions_per_step < 1:
-            raise ValueError(f"decisions_per_step={self.decisions_per_step}: must be at least 1")
-        if self.stop_after not in ("", *PHASES):
-            raise ValueError(f"stop_after={self.stop_after!r}: use one of {', '.join(PHASES)} or leave it empty")
-        if not self.opponents or any(not w >= 0 for w in self.opponents.values()) or sum(self.opponents.values()) <= 0:
-            raise ValueError(f"opponents={self.opponents}: give agent specs (or self, coach) with weights >= 0 "
-                             "and a positive sum, e.g. opponents={self: 0.5, tactician: 0.5}")
-        for spec in self.opponents:
-            if spec not in (SELF, COACH):
-                parse_spec(spec)  # ValueError naming the spec and the known kinds
-        if not self.promote_with_coach and not set(self.opponents) - {SELF}:
-            raise ValueError("the promotion tournament needs an opponent besides the student: add one to "
-                             "opponents or set promote_with_coach=true")
-        if self.promotion.rule not in RULES:
-            raise ValueError(f"promotion.rule={self.promotion.rule!r}: choose one of {', '.join(RULES)}")
 
 
 # -- small helpers ----------------------------------------------------------------------
@@ -152,61 +80,22 @@ def _policy(path: Path, temperature: float) -> str:
     return f"policy:{path},temperature={temperature:g}"
 
 
-def play_config(cfg: CoachStageConfig, k: int, student: Path, coach: Path) -> SelfPlayConfig:
-    """The stage 1 settings that round k plays and judges with (`self` and `coach` resolved)."""
+def play_config(cfg: CoachStageConfig, k: int, student: Path, coach: Path) -> PlayConfig:
+    """What round k plays with (`self` and `coach` resolved to the student and the coach)."""
     names = {SELF: _policy(student, cfg.temperature), COACH: _policy(coach, cfg.temperature)}
     opponents = {names.get(s, s): w for s, w in cfg.opponents.items()}
-    return SelfPlayConfig(
-        run_dir=str(round_dir(cfg, k)), stage=cfg.stage, parent=str(student), format=cfg.format,
-        team_set=cfg.team_set, battles=cfg.battles, opponents=opponents, temperature=cfg.temperature,
-        concurrency=cfg.concurrency, shard_battles=cfg.shard_battles,
-        seed=cfg.seed + 1009 * (k - 1),  # every round draws new teams
-        window=cfg.window, val_fraction=cfg.val_fraction, value_weight=cfg.value_weight,
-        trainer=cfg.trainer, promotion=cfg.promotion)
+    return PlayConfig(format=cfg.format, team_set=cfg.team_set, battles=cfg.battles, opponents=opponents,
+                      temperature=cfg.temperature, concurrency=cfg.concurrency, shard_battles=cfg.shard_battles,
+                      seed=cfg.seed + 1009 * (k - 1))  # every round draws new teams
 
 
-def tournament_config(cfg: CoachStageConfig, play_cfg: SelfPlayConfig, coach: Path) -> SelfPlayConfig:
+def tournament_config(cfg: CoachStageConfig, play_cfg: PlayConfig, coach: Path) -> PlayConfig:
     """The promotion pool: the opponents other than the student itself, and the coach."""
     t = cfg.promotion.temperature
     pool = {(_policy(coach, t) if s == COACH else s): 1.0 for s in cfg.opponents if s != SELF}
     if cfg.promote_with_coach:
         pool[_policy(coach, t)] = 1.0
     return dataclasses.replace(play_cfg, opponents=pool)
-
-
-def phase_done(run: Path, phase: str) -> dict | None:
-    """The summary a finished phase left in RUN/phases/, or None."""
-    path = run / "phases" / f"{phase}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def mark(run: Path, phase: str, summary: dict) -> None:
-    """Record a finished phase (atomically)."""
-    path = run / "phases" / f"{phase}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "opponents" else {prefix + k: v})
-    return out
-
-
-def check_same_run(cfg: CoachStageConfig, run: Path) -> None:
-    """A resumed run keeps the settings its finished work was made with (`rounds` may grow)."""
-    saved_path = run / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved, now = _flatten(yaml.safe_load(saved_path.read_text()) or {}), _flatten(to_dict(cfg))
-    changed = [k for k in sorted(set(saved) | set(now)) if k not in _MUTABLE and saved.get(k) != now.get(k)]
-    if changed:
-        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ValueError(f"run_dir {run} was started with other settings ({diffs}). Resume with the same "
-                         "settings, or give a new run_dir")
 
 
 def check_checkpoint(path: Path, what: str, encoder: ObservationEncoder) -> None:
@@ -226,108 +115,6 @@ def label(cfg: CoachStageConfig, learner_dir: Path, coach: Path) -> dict:
     print(f"label: {stats['trajectories']} trajectories ({stats['decisions']} decisions) labelled by "
           f"{teacher.source}; {stats['skipped_shards']} shard(s) labelled before", flush=True)
     return {"coach": teacher.source, **stats}
-
-
-def unlabelled(paths: list[Path]) -> list[str]:
-    """Shards under `paths` with a row the coach has not labelled."""
-    bad = []
-    for shard in list_shards(paths):
-        sources = pq.read_table(shard, columns=["teacher_source"])["teacher_source"].to_pylist()
-        if any(s is None for s in sources):
-            bad.append(str(shard))
-    return bad
-
-
-# -- phase 4: train -------------------------------------------------------------------------
-def coach_loss(kl_weight: float, win_weight: float, value_weight: float):
-    """KL(coach || student) over legal actions + imitation of won battles' own actions + value."""
-
-    def loss_fn(model, batch):
-        logits, value = model(batch["tokens"], batch["numbers"], batch["legal"])  # (B,T,13), (B,T)
-        action = batch["action"]  # (B, T); -1 where hidden or padding
-        outcome = batch["outcome"][:, None].expand_as(value)  # (B, T)
-        scored = batch["loss_mask"] & batch["mask"]
-        legal_target = batch["legal"].gather(-1, action.clamp(min=0)[..., None]).squeeze(-1)
-        # The same decisions as DecisionBatches counts (curriculum.ablate.learnable), so that a
-        # budget of decisions is a budget of what the loss learns from.
-        learn = scored & (action >= 0) & legal_target
-        teacher = batch["teacher"].float()  # (B, T, 13), zero on illegal actions
-        labelled = learn & batch["has_teacher"][:, None] & (teacher.sum(-1) > 0)
-        won = learn & (batch["outcome"] > 0)[:, None]
-        logp = torch.log_softmax(logits.float(), dim=-1)  # illegal logits sit at the dtype's minimum
-        if labelled.any():
-            p = teacher[labelled]  # (N, 13)
-            # KL(p || q) = sum_a p (log p - log q), over actions the coach gives mass only.
-            terms = torch.where(p > 0, p * (torch.log(p.clamp(min=1e-12)) - logp[labelled]), torch.zeros_like(p))
-            kl = terms.sum(-1).mean()
-        else:
-            kl = logits.sum() * 0.0
-        win_ce = F.nll_loss(logp[won], action[won]) if won.any() else logits.sum() * 0.0
-        value_loss = F.mse_loss(value[scored].float(), outcome[scored].float()) if scored.any() else value.sum() * 0.0
-        loss = kl_weight * kl + win_weight * win_ce + value_weight * value_loss
-        with torch.no_grad():
-            agree = ((logits[labelled].argmax(-1) == teacher[labelled].argmax(-1)).float().mean()
-                     if labelled.any() else torch.tensor(0.0))
-        return loss, {"loss": loss.detach(), "kl": kl.detach(), "win_ce": win_ce.detach(),
-                      "value_loss": value_loss.detach(), "coach_agree": agree,
-                      "labelled": float(labelled.sum()), "won": float(won.sum()), "decisions": float(learn.sum())}
-
-    return loss_fn
-
-
-def train_student(cfg: CoachStageConfig, run: Path, parent: Path, data: list[Path], *, steps: int = 0,
-                  coach_source: str = "", recipe: str = "coach") -> dict:
-    """Fine-tune `parent` on labelled trajectories `data` (resumes from RUN/state); the training summary.
-
-    `steps` > 0 fixes the step count (the ablation's matched budgets); else `cfg.steps`, else
-    `cfg.epochs` passes over the decisions of `data`'s training split.
-    """
-    torch.set_num_threads(cfg.train_threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
-    encoder = ObservationEncoder()
-    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
-        raise ValueError("stage 2 trains in one process; run it without torchrun/accelerate launch")
-    bad = unlabelled(data)
-    if bad:
-        raise ValueError(f"{len(bad)} shard(s) hold trajectories the coach has not labelled ({bad[0]}, ...); "
-                         "rerun the stage's command so that its label phase finishes")
-    filters = {"formats": [cfg.format], "encoder_version": encoder.version, "val_fraction": cfg.val_fraction}
-    decisions = sum(learner_stats(p, cfg.val_fraction)["decisions"] for p in data)
-    if decisions == 0:
-        raise ValueError(f"no training decisions in {[str(p) for p in data]}: play more battles per round")
-    steps = steps or cfg.steps or max(1, math.ceil(cfg.epochs * decisions / cfg.decisions_per_step))
-    tcfg = dataclasses.replace(cfg.trainer, max_steps=steps, grad_accum=1,  # a step: one DecisionBatches batch
-                               warmup_steps=min(cfg.trainer.warmup_steps, max(1, steps // 10)))
-    mix = DataMix({"student": 1.0}, {"student": [str(p) for p in data]}, window=cfg.window, seed=tcfg.seed,
-                  split="train", **filters)
-    batches = DecisionBatches(mix, cfg.decisions_per_step)
-    val_set = TrajectoryDataset([str(p) for p in data], window=cfg.window, split="val", **filters)
-    val = [b for _, b in zip(range(tcfg.eval_batches),
-                             DataLoader(val_set, batch_size=cfg.trainer.batch_size, collate_fn=collate))]
-    model, _ = load_checkpoint(parent, expected_encoder_version=encoder.version, expected_vocab_hash=encoder.vocab.hash)
-    if cfg.window > model.cfg.max_context:
-        raise ValueError(f"window={cfg.window} exceeds the student's max_context={model.cfg.max_context}")
-    model.train()
-
-    def save(model, path: Path, metadata: dict) -> None:
-        save_checkpoint(path, model, encoder_version=encoder.version, vocab_hash=encoder.vocab.hash,
-                        metadata={"recipe": recipe, "stage": cfg.stage, "parent": str(parent),
-                                  "data": [str(p) for p in data], "coach": coach_source,
-                                  "decisions_per_step": cfg.decisions_per_step, **metadata})
-
-    print(f"train: {steps} steps x {cfg.decisions_per_step} decisions ({steps * cfg.decisions_per_step / decisions:.2f} "
-          f"passes over {decisions} decisions); loss {cfg.kl_weight:g} KL(coach||student) + {cfg.win_weight:g} "
-          f"win imitation + {cfg.value_weight:g} value", flush=True)
-    trainer = Trainer(tcfg, run, model, coach_loss(cfg.kl_weight, cfg.win_weight, cfg.value_weight), batches,
-                      val_data=val or None, save_model=save, run_config={"recipe": recipe, **to_dict(cfg)})
-    result = trainer.fit()
-    return {"finished": result.finished, "steps": result.step, "max_steps": steps,
-            "decisions_per_step": cfg.decisions_per_step, "decisions_trained": result.step * cfg.decisions_per_step,
-            "data_decisions": decisions, "epochs": round(steps * cfg.decisions_per_step / decisions, 3),
-            "data": [str(p) for p in data], "warmup_steps": tcfg.warmup_steps, "finetune": "full",
-            "parent_data_share": 0.0,
-            "weights": {"kl": cfg.kl_weight, "win": cfg.win_weight, "value": cfg.value_weight},
-            "last_metrics": result.last_metrics, "val_metrics": result.val_metrics,
-            "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None}
 
 
 # -- one round ------------------------------------------------------------------------------
@@ -350,18 +137,13 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
                    coach={"checkpoint": str(coach), "temperature": cfg.coach_temperature}, config=to_dict(cfg))
     print(f"\n== round {k} of {cfg.rounds}: student {student} ({rundir})", flush=True)
 
-    def stop_here(phase: str) -> bool:
-        if cfg.stop_after == phase:
-            print(f"stopped after {phase} (stop_after={phase}); run the command again without it to go on")
-        return cfg.stop_after == phase
-
     # 1. play
     played = phase_done(rundir, "play")
     if played is None:
         played = play(play_cfg, rundir, student, get_server)
         mark(rundir, "play", played)
     record = update_lineage(rundir, status="played", data={"battles": played})
-    if stop_here("play"):
+    if stop_here(cfg.stop_after, "play"):
         return record
 
     # 2. build
@@ -372,7 +154,7 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
         built = {"build": summary, "learner": learner}
         mark(rundir, "build", built)
     record = update_lineage(rundir, status="built", data={"battles": played, **built})
-    if stop_here("build"):
+    if stop_here(cfg.stop_after, "build"):
         return record
 
     # 3. label
@@ -383,7 +165,7 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
     record = update_lineage(rundir, status="labelled", labels=labelled,
                             coach={"checkpoint": str(coach), "temperature": cfg.coach_temperature,
                                    "source": labelled["coach"]})
-    if stop_here("label"):
+    if stop_here(cfg.stop_after, "label"):
         return record
 
     # 4. train
@@ -396,18 +178,18 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
             return update_lineage(rundir, status="training", training=trained)
         mark(rundir, "train", trained)
     record = update_lineage(rundir, status="trained", training=trained)
-    if stop_here("train"):
+    if stop_here(cfg.stop_after, "train"):
         return record
 
     # 5. evaluate
     evaluated = phase_done(rundir, "evaluate")
     if evaluated is None:
-        evaluated = evaluate(tournament_config(cfg, play_cfg, coach), rundir, student,
+        evaluated = evaluate(tournament_config(cfg, play_cfg, coach), cfg.promotion, rundir, student,
                              Path(trained["checkpoint"]), get_server)
         if evaluated.get("decision") is None:
             return update_lineage(rundir, status="evaluating", tournament=evaluated)
         mark(rundir, "evaluate", evaluated)
-    if stop_here("evaluate"):
+    if stop_here(cfg.stop_after, "evaluate"):
         return update_lineage(rundir, status="evaluated", tournament=evaluated)
 
     # 6. decide
@@ -441,7 +223,7 @@ def run(cfg: CoachStageConfig, server=None) -> dict:
         raise ValueError("coach is not set: give coach=PATH, a policy checkpoint (or run folder) that "
                          "is larger or later than the student")
     root = Path(cfg.run_dir)
-    check_same_run(cfg, root)
+    check_same_run(cfg, root, _MUTABLE, keep=("opponents",))  # `rounds` may grow
     encoder = ObservationEncoder()
     for what, path in (("student", cfg.student), ("coach", cfg.coach)):
         if not Path(path).exists():
@@ -458,16 +240,7 @@ def run(cfg: CoachStageConfig, server=None) -> dict:
     if not (root / "config.yaml").is_file():
         save_config(cfg, root / "config.yaml")
     first = {"checkpoint": str(student), "run": str(student_run) if student_run else None}
-    servers: list = []
-
-    def get_server():  # one local Showdown server, started only when a phase needs it
-        if server is not None:
-            return server
-        if not servers:
-            from battles.server import ShowdownServer
-
-            servers.append(ShowdownServer().start())
-        return servers[0]
+    get_server = ServerOnDemand(server)  # started only when a phase needs it
 
     records = []
     try:
@@ -483,8 +256,7 @@ def run(cfg: CoachStageConfig, server=None) -> dict:
                 break
             student, student_run = Path(record["output"]), rd
     finally:
-        for s in servers:
-            s.stop()
+        get_server.stop()
     done = len(records) == cfg.rounds and records[-1].get("status") == "done"
     summary = update_lineage(
         root, stage=cfg.stage, recipe="curriculum.coach", run=str(root), student=first,

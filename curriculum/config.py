@@ -156,3 +156,27 @@ def save_config(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
     os.replace(tmp, path)
+
+
+def flatten(data: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict:
+    """A nested config mapping as dotted keys; the mappings named in `keep` stay whole values."""
+    out = {}
+    for k, v in data.items():
+        out.update(flatten(v, f"{prefix}{k}.", keep) if isinstance(v, dict) and k not in keep else {prefix + k: v})
+    return out
+
+
+def check_same_run(cfg: Any, run: str | Path, mutable: set[str], *, keep: tuple[str, ...] = (),
+                   what: str = "", fix: str = "give a new run_dir") -> None:
+    """A resumed run keeps the settings its finished work was made with: RUN/config.yaml against
+    `cfg`, but for the `mutable` keys (dotted); ValueError naming each changed key."""
+    saved_path = Path(run) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = flatten(yaml.safe_load(saved_path.read_text()) or {}, keep=keep)
+    now = flatten(to_dict(cfg), keep=keep)
+    changed = [k for k in sorted(set(saved) | set(now)) if k not in mutable and saved.get(k) != now.get(k)]
+    if changed:
+        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValueError(f"{what or f'run_dir {run}'} was started with other settings ({diffs}). Resume with "
+                         f"the same settings, or {fix}")

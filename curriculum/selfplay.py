@@ -21,6 +21,9 @@ when done, and running the same command again continues where it stopped:
   5 decide    the promotion rule (curriculum/promotion.py). RUN/lineage.json records the
               parent, the data, the config, the tournament and the verdict; `output` names
               the checkpoint the next stage starts from.
+
+Play, the learner's selection and the promotion tournament are curriculum/phases.py's,
+shared with stage 2 (curriculum/coach.py); training is this file's own.
 """
 
 from __future__ import annotations
@@ -32,38 +35,36 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import yaml
 
-from agents.registry import parse_spec
 from battles.build import build
-from battles.dataset import DataMix, MixLoader, TrajectoryDataset, collate, is_validation
+from battles.dataset import DataMix, MixLoader, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
-from battles.logs import count_battles
 from battles.shards import list_shards
-from curriculum.config import load_config, save_config, to_dict
+from curriculum.config import check_same_run, load_config, save_config, to_dict
 from curriculum.lineage import resolve_parent, update_lineage
-from curriculum.promotion import (
-    CHILD,
-    PARENT,
-    RULES,
-    Decision,
-    agent_names,
-    decide,
-    describe,
-    play_tournament,
-    rate_results,
-    write_tournament_report,
+from curriculum.phases import (
+    PlayConfig,
+    PromotionConfig,
+    ServerOnDemand,
+    StageTrainerConfig,
+    evaluate,
+    learner_matcher,
+    learner_stats,
+    mark,
+    phase_done,
+    play,
+    select_learner,
+    shard_sizes,
+    stop_here,
 )
-from curriculum.trainer import Trainer, TrainerConfig
+from curriculum.promotion import Decision, describe
+from curriculum.trainer import Trainer
 from models.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -72,31 +73,6 @@ PHASES = ("play", "build", "train", "evaluate")
 # Keys that may change between invocations of one run: they change how, not what, is computed.
 _MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "promotion.concurrency", "promotion.max_battles",
             "trainer.stop_after_steps", "trainer.max_steps", "trainer.wandb_mode", "trainer.log_every"}
-
-
-@dataclass
-class StageTrainerConfig(TrainerConfig):
-    """The shared trainer's settings with fine-tuning defaults (a subclass, so that YAML or
-    key=value overrides of a few trainer keys keep these defaults for the others)."""
-
-    lr: float = 1e-4
-    warmup_steps: int = 20
-    checkpoint_every: int = 100
-    eval_every: int = 100
-
-
-@dataclass
-class PromotionConfig:
-    """The promotion tournament and rule."""
-
-    battles_per_pair: int = 100  # per pair of agents; a multiple of 4
-    rule: str = "lower_above_parent"  # | disjoint (stricter)
-    level: float = 0.95  # bootstrap interval
-    bootstrap: int = 1000
-    temperature: float = 1.0  # how child and parent play in the tournament (0: arg-max)
-    concurrency: int = 16
-    seed: int = 0
-    max_battles: int = 0  # >0: play at most this many tournament battles per invocation
 
 
 @dataclass
@@ -138,15 +114,7 @@ class SelfPlayConfig:
     stop_after: str = ""  # play | build | train | evaluate: stop once that phase is done
 
     def __post_init__(self) -> None:
-        if self.battles < 1:
-            raise ValueError(f"battles={self.battles}: must be at least 1")
-        if not self.opponents or any(not w >= 0 for w in self.opponents.values()) or sum(self.opponents.values()) <= 0:
-            raise ValueError(f"opponents={self.opponents}: give agent specs with weights >= 0 and a positive "
-                             "sum, e.g. opponents={tactician: 0.5, maxbp: 0.5}")
-        for spec in self.opponents:
-            parse_spec(spec)  # ValueError naming the spec and the known kinds
-        if self.temperature < 0 or self.promotion.temperature < 0:
-            raise ValueError("temperature and promotion.temperature must be >= 0")
+        PlayConfig.of(self)  # battles, opponents, temperature: ValueError naming the key
         if not (self.epochs > 0 or self.steps > 0):
             raise ValueError(f"epochs={self.epochs}: must be > 0 (or set steps > 0)")
         if not 0 <= self.parent_data_share < 1:
@@ -157,164 +125,6 @@ class SelfPlayConfig:
             raise ValueError(f"stop_after={self.stop_after!r}: use one of {', '.join(PHASES)} or leave it empty")
         if self.awr_beta < 0:
             raise ValueError(f"awr_beta={self.awr_beta}: must be >= 0 (0 turns weighting off)")
-        p = self.promotion
-        if p.battles_per_pair < 4 or p.battles_per_pair % 4:
-            raise ValueError(f"promotion.battles_per_pair={p.battles_per_pair}: must be a positive multiple of 4")
-        if p.rule not in RULES:
-            raise ValueError(f"promotion.rule={p.rule!r}: choose one of {', '.join(RULES)}")
-        if not 0 < p.level < 1:
-            raise ValueError(f"promotion.level={p.level}: must be in (0, 1), e.g. 0.95")
-
-
-# -- small helpers ----------------------------------------------------------------------
-def apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split `total` battles by weight (largest remainder; every count is a whole number)."""
-    s = sum(weights.values())
-    exact = {k: total * w / s for k, w in weights.items()}
-    counts = {k: math.floor(v) for k, v in exact.items()}
-    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: total - sum(counts.values())]:
-        counts[k] += 1
-    return counts
-
-
-def learner_spec(parent: Path, temperature: float, seed: int) -> str:
-    """The agent spec the learner plays under while collecting data."""
-    if "," in str(parent):
-        raise ValueError(f"parent path {parent} contains a comma, which agent specs cannot hold; move it")
-    return f"policy:{parent},temperature={temperature:g},seed={seed}"
-
-
-def learner_matcher(parent: Path, temperature: float):
-    """A predicate: is this recorded agent spec the learner (the parent at this temperature)?"""
-    cache: dict[str, bool] = {}
-    target = parent.resolve()
-
-    def is_learner(spec: str | None) -> bool:
-        if not spec:
-            return False
-        if spec not in cache:
-            parsed = parse_spec(spec)
-            cache[spec] = (parsed.kind == "policy" and Path(parsed.params["path"]).resolve() == target
-                           and not parsed.params.get("greedy")
-                           and float(parsed.params.get("temperature", 1.0)) == float(temperature))
-        return cache[spec]
-
-    return is_learner
-
-
-def _phase_done(run: Path, phase: str) -> dict | None:
-    path = run / "phases" / f"{phase}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _mark(run: Path, phase: str, summary: dict) -> None:
-    path = run / "phases" / f"{phase}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "opponents":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def check_same_run(cfg: SelfPlayConfig, run: Path) -> None:
-    """A resumed run must keep the settings its finished work was made with."""
-    saved_path = run / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flatten(to_dict(cfg))
-    changed = [k for k in sorted(set(saved) | set(now)) if k not in _MUTABLE and saved.get(k) != now.get(k)]
-    if changed:
-        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ValueError(f"run_dir {run} was started with other settings ({diffs}). Resume with the same "
-                         "settings, or give a new run_dir for a new stage")
-
-
-def _shard_sizes(paths: list[Path], count) -> list[dict]:
-    return [{"path": str(p), "rows": count(p), "bytes": p.stat().st_size} for p in paths]
-
-
-# -- phase 1: play ------------------------------------------------------------------------
-def battle_stats(folder: Path, is_learner) -> dict:
-    """Battles in a folder of log shards, and how many the learner won (from three small columns)."""
-    stats = {"battles": 0, "learner_wins": 0, "ties": 0}
-    shards = list_shards(folder) if folder.exists() else []
-    for shard in shards:
-        t = pq.read_table(shard, columns=["winner", "p1_spec", "p2_spec"]).to_pylist()
-        for row in t:
-            stats["battles"] += 1
-            stats["ties"] += row["winner"] == ""
-            stats["learner_wins"] += bool(row["winner"]) and is_learner(row[f"{row['winner']}_spec"])
-    stats["shards"] = _shard_sizes(shards, lambda p: pq.read_metadata(p).num_rows)
-    return stats
-
-
-def play(cfg: SelfPlayConfig, run: Path, parent: Path, get_server) -> dict:
-    """Play the remaining battles against each opponent; returns per-opponent counts and wins."""
-    from eval.match import Match
-
-    quotas = apportion(cfg.battles, cfg.opponents)
-    names = agent_names(list(cfg.opponents))
-    is_learner = learner_matcher(parent, cfg.temperature)
-    summary = {}
-    for i, (spec, n) in enumerate(quotas.items()):
-        folder = run / "battles" / names[spec]
-        have = count_battles(folder) if folder.exists() else 0
-        if have < n:
-            seed = cfg.seed * 1_000_003 + 10_007 * i + have  # a restart draws new teams, never repeats
-            print(f"play: {n - have} battles against {spec} ({have} already recorded)", flush=True)
-            Match(learner_spec(parent, cfg.temperature, seed), spec, battle_format=cfg.format, n=n - have,
-                  out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
-                  server=get_server(), shard_size=cfg.shard_battles).run()
-        summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder, is_learner)}
-    return summary
-
-
-# -- phase 2: build -------------------------------------------------------------------------
-def select_learner(traj_dir: Path, out: Path, is_learner) -> dict:
-    """Copy the learner's own trajectories into `out`, one row group at a time."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, shard in enumerate(list_shards(traj_dir)):
-        with pq.ParquetFile(shard) as pf:
-            writer = None
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g)
-                keep = np.array([is_learner(a) for a in table["agent"].to_pylist()], dtype=bool)
-                if keep.any():
-                    writer = writer or pq.ParquetWriter(tmp / f"learner-{i:05d}.parquet", pf.schema_arrow,
-                                                        compression="zstd")
-                    writer.write_table(table.filter(pa.array(keep)))
-            if writer is not None:
-                writer.close()
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # the selection is complete or absent
-    return learner_stats(out)
-
-
-def learner_stats(folder: Path, val_fraction: float | None = None) -> dict:
-    """Trajectories, decisions, wins and shard sizes of a trajectory folder (optionally the train split)."""
-    stats = {"trajectories": 0, "decisions": 0, "wins": 0, "shards": []}
-    for shard in list_shards(folder):
-        t = pq.read_table(shard, columns=["battle_id", "n_decisions", "outcome"])
-        rows = list(zip(*(t[c].to_pylist() for c in ("battle_id", "n_decisions", "outcome"))))
-        if val_fraction is not None:
-            rows = [r for r in rows if not is_validation(r[0], val_fraction)]
-        stats["trajectories"] += len(rows)
-        stats["decisions"] += sum(r[1] for r in rows)
-        stats["wins"] += sum(r[2] == 1 for r in rows)
-        stats["shards"].append({"path": str(shard), "trajectories": len(t), "bytes": shard.stat().st_size})
-    return stats
 
 
 # -- phase 3: train ---------------------------------------------------------------------------
@@ -464,41 +274,11 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
             "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None}
 
 
-# -- phase 4: evaluate ------------------------------------------------------------------------
-def evaluate(cfg: SelfPlayConfig, run: Path, parent: Path, child: Path, get_server) -> dict:
-    """The promotion tournament (resumes); with every battle played, the ratings and the verdict."""
-    p = cfg.promotion
-    names = agent_names(list(cfg.opponents))
-    play_as = f"temperature={p.temperature:g}"
-    agents = {CHILD: f"policy:{child},{play_as}", PARENT: f"policy:{parent},{play_as}",
-              **{names[s]: s for s in cfg.opponents}}
-    n_pairs = len(agents) * (len(agents) - 1) // 2
-    print(f"evaluate: tournament of {', '.join(agents)}; {p.battles_per_pair} battles per pair, "
-          f"{n_pairs * p.battles_per_pair} in all", flush=True)
-    result = play_tournament(agents, battle_format=cfg.format, team_set=cfg.team_set,
-                             battles_per_pair=p.battles_per_pair, out=run / "tournament", seed=p.seed,
-                             concurrency=p.concurrency, bootstrap=p.bootstrap, max_battles=p.max_battles,
-                             server=get_server(), progress=True)
-    status = {"out": result.out, "agents": agents, "planned": result.planned, "finished": result.finished,
-              "errors": result.errors}
-    if not result.complete:
-        print(f"evaluate: {result.finished + result.errors} of {result.planned} tournament battles done; "
-              "run the same command again to continue", flush=True)
-        return status
-    ratings = rate_results(result.rows, list(agents), n_boot=p.bootstrap, seed=p.seed, level=p.level)
-    report = write_tournament_report(result, list(agents), n_boot=p.bootstrap, seed=p.seed)
-    return {**status, "report": str(report),
-            "ratings": {n: {"rating": round(float(ratings.rating[i]), 1), "lo": round(float(ratings.lo[i]), 1),
-                            "hi": round(float(ratings.hi[i]), 1), "battles": int(ratings.games[i])}
-                        for i, n in enumerate(ratings.names)},
-            "decision": decide(ratings, rule=p.rule, level=p.level).to_dict()}
-
-
 # -- the recipe --------------------------------------------------------------------------------
 def run(cfg: SelfPlayConfig, server=None) -> dict:
     """Run (or resume) the stage described by `cfg` (on `server`, or its own); returns the lineage record."""
     rundir = Path(cfg.run_dir)
-    check_same_run(cfg, rundir)
+    check_same_run(cfg, rundir, _MUTABLE, keep=("opponents",), fix="give a new run_dir for a new stage")
     parent, parent_run = resolve_parent(cfg.parent)
     info = read_checkpoint_info(parent)  # a missing or broken parent fails here, before any battle
     encoder = ObservationEncoder()
@@ -512,74 +292,58 @@ def run(cfg: SelfPlayConfig, server=None) -> dict:
                    parent={"checkpoint": str(parent), "run": str(parent_run) if parent_run else None,
                            "recipe": info.metadata.get("recipe"), "pretrain_data": pretrain_data},
                    config=to_dict(cfg))
-    servers: list = []
-
-    def get_server():  # one local Showdown server, started only when a phase needs it
-        if server is not None:
-            return server
-        if not servers:
-            from battles.server import ShowdownServer
-
-            servers.append(ShowdownServer().start())
-        return servers[0]
-
-    def stop_here(phase: str) -> bool:
-        if cfg.stop_after == phase:
-            print(f"stopped after {phase} (stop_after={phase}); run the command again without it to go on")
-        return cfg.stop_after == phase
-
+    get_server = ServerOnDemand(server)  # started only when a phase needs it
+    play_cfg = PlayConfig.of(cfg)
     try:
         # 1. play
-        played = _phase_done(rundir, "play")
+        played = phase_done(rundir, "play")
         if played is None:
-            played = play(cfg, rundir, parent, get_server)
-            _mark(rundir, "play", played)
+            played = play(play_cfg, rundir, parent, get_server)
+            mark(rundir, "play", played)
         record = update_lineage(rundir, status="played", data={"battles": played})
-        if stop_here("play"):
+        if stop_here(cfg.stop_after, "play"):
             return record
 
         # 2. build
-        built = _phase_done(rundir, "build")
+        built = phase_done(rundir, "build")
         if built is None:
             summary = build([rundir / "battles"], rundir / "trajectories")
             print("build:", json.dumps(summary), flush=True)
             learner = select_learner(rundir / "trajectories", rundir / "learner",
                                      learner_matcher(parent, cfg.temperature))
             built = {"build": summary, "learner": learner,
-                     "trajectories": _shard_sizes(list_shards(rundir / "trajectories"),
-                                                  lambda p: pq.read_metadata(p).num_rows)}
-            _mark(rundir, "build", built)
+                     "trajectories": shard_sizes(list_shards(rundir / "trajectories"))}
+            mark(rundir, "build", built)
         record = update_lineage(rundir, status="built", data={
             "battles": played, "build": built["build"], "trajectories": built["trajectories"],
             "learner": built["learner"]})
-        if stop_here("build"):
+        if stop_here(cfg.stop_after, "build"):
             return record
 
         # 3. train
-        trained = _phase_done(rundir, "train")
+        trained = phase_done(rundir, "train")
         if trained is None:
             trained = train(cfg, rundir, parent, pretrain_data)
             if not trained["finished"]:
                 print(f"train: stopped at step {trained['steps']} of {trained['max_steps']}; "
                       "run the same command again to continue", flush=True)
                 return update_lineage(rundir, status="training", training=trained)
-            _mark(rundir, "train", trained)
+            mark(rundir, "train", trained)
         record = update_lineage(rundir, status="trained", training=trained)
-        if stop_here("train"):
+        if stop_here(cfg.stop_after, "train"):
             return record
 
         # 4. evaluate
-        evaluated = _phase_done(rundir, "evaluate")
+        evaluated = phase_done(rundir, "evaluate")
         if evaluated is None:
-            evaluated = evaluate(cfg, rundir, parent, Path(trained["checkpoint"]), get_server)
+            evaluated = evaluate(play_cfg, cfg.promotion, rundir, parent, Path(trained["checkpoint"]), get_server)
             if evaluated.get("decision") is None:
                 return update_lineage(rundir, status="evaluating", tournament=evaluated)
-            _mark(rundir, "evaluate", evaluated)
-        if stop_here("evaluate"):
+            mark(rundir, "evaluate", evaluated)
+        if stop_here(cfg.stop_after, "evaluate"):
             return update_lineage(rundir, status="evaluated", tournament=evaluated)
     finally:
-        for s in servers:
-            s.stop()
+        get_server.stop()
 
     # 5. decide
     decision = evaluated["decision"]

@@ -26,7 +26,7 @@ import torch
 
 from battles.encode import ObservationEncoder
 from battles.server import ShowdownServer
-from curriculum.pretrain import PretrainConfig, imitation_loss
+from curriculum.imitation import PretrainConfig, imitation_loss
 from eval.match import Match
 from models.checkpoint import save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer

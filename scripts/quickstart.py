@@ -12,7 +12,7 @@ from battles.build import build
 from battles.logs import count_battles
 from battles.server import ShowdownServer
 from curriculum.config import load_config
-from curriculum.pretrain import PretrainConfig
+from curriculum.imitation import PretrainConfig
 from curriculum.pretrain import run as pretrain
 from eval.match import Match
 

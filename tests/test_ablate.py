@@ -14,6 +14,7 @@ from battles.dataset import DataMix
 from battles.encode import ObservationEncoder
 from battles.trajectories import ShardWriter, Trajectory
 from curriculum import ablate
+from curriculum.batches import DecisionBatches, learnable
 from curriculum.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def digest(path: Path) -> str:
 
 def test_batches_hold_exactly_the_budget_and_resume_exactly(sources):
     def batches(n, state=None):
-        data = ablate.DecisionBatches(DataMix({"short": 0.5, "long": 0.5}, [sources], window=16, seed=3), 50)
+        data = DecisionBatches(DataMix({"short": 0.5, "long": 0.5}, [sources], window=16, seed=3), 50)
         if state:
             data.load_state_dict(state)
         it = iter(data)
@@ -74,7 +75,7 @@ def test_batches_hold_exactly_the_budget_and_resume_exactly(sources):
 
     first, data = batches(5)
     for b in first:
-        assert int(ablate.learnable(b).sum()) == 50
+        assert int(learnable(b).sum()) == 50
     assert data.drawn["decisions"] == 250 and data.drawn["batches"] == 5
     assert sum(data.drawn["source_decisions"].values()) == 250
     assert sum(data.drawn["windows"].values()) == data.state_dict()["mix"]["samples"]
@@ -83,7 +84,7 @@ def test_batches_hold_exactly_the_budget_and_resume_exactly(sources):
     for x, y in zip(first[3:], rest):
         assert x["battle_id"] == y["battle_id"] and bool((x["loss_mask"] == y["loss_mask"]).all())
     with pytest.raises(ValueError, match="same budget"):
-        ablate.DecisionBatches(DataMix({"short": 1.0}, [sources], window=16), 49).load_state_dict(head.state_dict())
+        DecisionBatches(DataMix({"short": 1.0}, [sources], window=16), 49).load_state_dict(head.state_dict())
 
 
 def test_members_get_equal_budgets_and_an_interrupted_grid_resumes(sources, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from curriculum.config import load_config, save_config
-from curriculum.pretrain import PretrainConfig
+from curriculum.imitation import PretrainConfig
 
 
 def test_nested_override_keeps_the_parents_defaults(tmp_path):

@@ -202,8 +202,8 @@ def test_shipped_accelerate_configs_resolve(monkeypatch):
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     from curriculum.config import load_config
+    from curriculum.imitation import PretrainConfig
     from curriculum.memory import GB, estimate
-    from curriculum.pretrain import PretrainConfig
     from models.policy import Block, PolicyConfig
 
     envs, gpus = {}, {}

@@ -6,15 +6,11 @@ import itertools
 
 import pytest
 
-from curriculum.config import load_config, save_config
+from curriculum import selfplay
+from curriculum.config import check_same_run, load_config, save_config
+from curriculum.phases import apportion, learner_matcher, learner_spec
 from curriculum.promotion import agent_names, decide, describe, rate_results
-from curriculum.selfplay import (
-    SelfPlayConfig,
-    apportion,
-    check_same_run,
-    learner_matcher,
-    learner_spec,
-)
+from curriculum.selfplay import SelfPlayConfig
 
 AGENTS = ["child", "parent", "tactician", "maxbp"]
 
@@ -132,12 +128,13 @@ def test_config_errors_name_the_key(override, message):
 
 
 def test_a_resumed_run_must_keep_its_settings(tmp_path):
-    cfg = load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", "battles=100"])
-    save_config(cfg, tmp_path / "config.yaml")
-    check_same_run(load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", "battles=100", "concurrency=4",
-                                                      "stop_after=play", "trainer.stop_after_steps=5"]), tmp_path)
+    def resume(*overrides):  # the check stage 1 makes before anything else
+        cfg = load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", *overrides])
+        check_same_run(cfg, tmp_path, selfplay._MUTABLE, keep=("opponents",))
+
+    save_config(load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", "battles=100"]), tmp_path / "config.yaml")
+    resume("battles=100", "concurrency=4", "stop_after=play", "trainer.stop_after_steps=5")
     with pytest.raises(ValueError, match=r"battles: 100 -> 200.*new run_dir"):
-        check_same_run(load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", "battles=200"]), tmp_path)
+        resume("battles=200")
     with pytest.raises(ValueError, match="opponents"):
-        check_same_run(load_config(SelfPlayConfig, None, [f"run_dir={tmp_path}", "battles=100",
-                                                          "opponents={maxbp: 1.0}"]), tmp_path)
+        resume("battles=100", "opponents={maxbp: 1.0}")

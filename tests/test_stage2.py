@@ -16,6 +16,7 @@ from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import read_trajectories
 from curriculum import coach as stage2
+from curriculum.coaching import CoachStageConfig, coach_loss
 from curriculum.config import load_config
 from curriculum.lineage import chain, format_chain, resolve_parent
 from eval.tournament import read_results
@@ -51,17 +52,17 @@ def test_loss_is_kl_to_the_coach_plus_won_imitation():
     p = batch["teacher"][..., :3]
     want_kl = (p * (p.log() - q.log())).sum(-1).mean()
     want_win = -torch.log(q[0].gather(-1, batch["action"][0][:, None])).mean()  # the won battle only
-    _, m = stage2.coach_loss(1.0, 0.0, 0.0)(model, batch)
+    _, m = coach_loss(1.0, 0.0, 0.0)(model, batch)
     assert float(m["kl"]) == pytest.approx(float(want_kl), rel=1e-5) and float(m["kl"]) > 0
     assert float(m["win_ce"]) == pytest.approx(float(want_win), rel=1e-5)
     assert m["labelled"] == 8 and m["won"] == 4 and m["decisions"] == 8
-    loss, m2 = stage2.coach_loss(2.0, 0.5, 0.25)(model, batch)
+    loss, m2 = coach_loss(2.0, 0.5, 0.25)(model, batch)
     assert float(loss.detach()) == pytest.approx(2 * float(m2["kl"]) + 0.5 * float(m2["win_ce"]) + 0.25 * float(m2["value_loss"]),
                                         rel=1e-5)
     # A battle without labels gives no KL; a cut loss mask (DecisionBatches) removes decisions from both terms.
     batch["has_teacher"] = torch.tensor([False, True])
     batch["loss_mask"][1, 2:] = False
-    _, m3 = stage2.coach_loss(1.0, 1.0, 0.0)(model, batch)
+    _, m3 = coach_loss(1.0, 1.0, 0.0)(model, batch)
     assert m3["labelled"] == 2 and m3["won"] == 4 and m3["decisions"] == 6
     assert float(m3["kl"]) == pytest.approx(float((p * (p.log() - q.log())).sum(-1)[1, :2].mean()), rel=1e-5)
 
@@ -74,12 +75,12 @@ def test_kl_is_zero_when_the_student_is_the_coach_and_training_moves_toward_the_
         with torch.no_grad():
             logits, _ = model(batch["tokens"], batch["numbers"], batch["legal"])
         batch["teacher"] = torch.softmax(logits.float(), -1) * batch["legal"]
-        _, m = stage2.coach_loss(1.0, 0.0, 0.0)(model, batch)
+        _, m = coach_loss(1.0, 0.0, 0.0)(model, batch)
         assert abs(float(m["kl"])) < 1e-6 and float(m["coach_agree"]) == 1.0
         batch = toy_batch()
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loss_fn = stage2.coach_loss(1.0, 0.0, 0.0)
+        loss_fn = coach_loss(1.0, 0.0, 0.0)
         first = float(loss_fn(model, batch)[1]["kl"])
         for _ in range(20):
             loss, _ = loss_fn(model, batch)
@@ -93,18 +94,18 @@ def test_kl_is_zero_when_the_student_is_the_coach_and_training_moves_toward_the_
 
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="coach is not set"):
-        stage2.run(load_config(stage2.CoachStageConfig, None, [f"run_dir={tmp_path / 'nocoach'}"]))
+        stage2.run(load_config(CoachStageConfig, None, [f"run_dir={tmp_path / 'nocoach'}"]))
     assert not (tmp_path / "nocoach").exists()
     with pytest.raises(ValueError, match="stop_after"):
-        load_config(stage2.CoachStageConfig, None, ["coach=x", "stop_after=decide"])
+        load_config(CoachStageConfig, None, ["coach=x", "stop_after=decide"])
     with pytest.raises(ValueError, match="promotion tournament needs an opponent"):
-        load_config(stage2.CoachStageConfig, None, ["coach=x", "opponents={self: 1.0}", "promote_with_coach=false"])
+        load_config(CoachStageConfig, None, ["coach=x", "opponents={self: 1.0}", "promote_with_coach=false"])
     with pytest.raises(ValueError, match="unknown agent kind|nosuchbot"):
-        load_config(stage2.CoachStageConfig, None, ["coach=x", "opponents={nosuchbot: 1.0}"])
-    cfg = load_config(stage2.CoachStageConfig, SMOKE, [f"run_dir={tmp_path}", "coach=x"])
+        load_config(CoachStageConfig, None, ["coach=x", "opponents={nosuchbot: 1.0}"])
+    cfg = load_config(CoachStageConfig, SMOKE, [f"run_dir={tmp_path}", "coach=x"])
     play = stage2.play_config(cfg, 2, Path("/m/student"), Path("/m/coach"))
     assert play.opponents == {"policy:/m/student,temperature=1": 0.5, "maxbp": 0.5} and play.seed == 1009
-    pool = stage2.tournament_config(load_config(stage2.CoachStageConfig, SMOKE, [
+    pool = stage2.tournament_config(load_config(CoachStageConfig, SMOKE, [
         "coach=x", "opponents={self: 0.5, coach: 0.5}", "promote_with_coach=true"]), play, Path("/m/coach"))
     assert list(pool.opponents) == ["policy:/m/coach,temperature=1"]  # self left out, the coach once
 
@@ -127,7 +128,7 @@ def models(tmp_path_factory):
 
 def cfg_for(run, models, *overrides):
     student, coach = models
-    return load_config(stage2.CoachStageConfig, SMOKE, [
+    return load_config(CoachStageConfig, SMOKE, [
         f"run_dir={run}", f"student={student}", f"coach={coach}", "battles=6", "concurrency=6", *overrides])
 
 
@@ -230,6 +231,24 @@ def test_rounds_chain_from_the_last_output_and_keep_finished_rounds(stage, model
     assert not math.isnan(summary["rounds"][0]["gain"])
     with pytest.raises(ValueError, match="other settings"):
         stage2.run(cfg_for(run, models, "rounds=2", "kl_weight=2"), server=showdown)
+
+
+@pytest.mark.server
+def test_iteration_ablation_runs_stage_2_as_its_own_command(models, tmp_path):
+    from curriculum import ablate_iteration as ab
+
+    student, coach = models
+    common = [f"chain.student={student}", "chain.battles=4", "chain.concurrency=4", "chain.window=32",
+              "chain.opponents={maxbp: 1.0}", "chain.stop_after=play"]
+    cfg = load_config(ab.IterationAblationConfig, None, [f"out={tmp_path / 'a'}", f"chain.coach={coach}", *common])
+    assert ab.run(cfg) is None  # the chain stopped after round 1's play
+    chain_cfg = load_config(CoachStageConfig, tmp_path / "a" / "chain.yaml")
+    assert chain_cfg.run_dir == str(tmp_path / "a" / "chain") and chain_cfg.coach == cfg.chain.coach
+    assert count_battles(tmp_path / "a" / "chain" / "round-1" / "battles") == 4
+    # The chain's own error stops the ablation.
+    bad = load_config(ab.IterationAblationConfig, None, [f"out={tmp_path / 'b'}", "chain.coach=/no/coach", *common])
+    with pytest.raises(ValueError, match="exit status 1"):
+        ab.run(bad)
 
 
 # -- the iteration ablation's budgets and table (no server) ------------------------------------

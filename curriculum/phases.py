@@ -1,0 +1,311 @@
+"""What the recipes' phases share: run-folder markers, a server on demand, and the phases of
+curriculum stages 1 and 2.
+
+A recipe runs in phases; each finished phase leaves RUN/phases/PHASE.json (`mark`), so that
+running the same command again skips it (`phase_done`). Battles go to one local Showdown
+server, started only when a phase needs one (`ServerOnDemand`).
+
+Stage 1 (curriculum/selfplay.py) and every round of stage 2 (curriculum/coach.py) play the
+same way and are judged the same way:
+
+  play       the learner (a checkpoint sampling at a temperature) plays a pool of opponents,
+             split by weight; finished battles are counted from the shards, so a restart plays
+             only the rest (`play`, settings in `PlayConfig`).
+  learner    after the build, the learner's own side of the trajectories (`select_learner`).
+  evaluate   the promotion tournament of child, parent and the pool, and the promotion rule's
+             verdict (`evaluate`, settings in `PromotionConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agents.registry import parse_spec
+from battles.dataset import is_validation
+from battles.logs import count_battles
+from battles.shards import list_shards
+from curriculum.promotion import (
+    CHILD,
+    PARENT,
+    RULES,
+    agent_names,
+    decide,
+    play_tournament,
+    rate_results,
+    write_tournament_report,
+)
+from curriculum.trainer import TrainerConfig
+
+
+# -- run folders ---------------------------------------------------------------------------
+def write_json(data, path: Path) -> None:
+    """Write `data` as JSON, atomically: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def phase_done(run: Path, phase: str) -> dict | None:
+    """The summary a finished phase left in RUN/phases/, or None."""
+    path = run / "phases" / f"{phase}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def mark(run: Path, phase: str, summary: dict) -> None:
+    """Record a finished phase and its summary (atomically)."""
+    write_json(summary, run / "phases" / f"{phase}.json")
+
+
+def stop_here(stop_after: str, phase: str) -> bool:
+    """Whether the recipe stops once `phase` is done (`stop_after`); says so when it does."""
+    if stop_after == phase:
+        print(f"stopped after {phase} (stop_after={phase}); run the command again without it to go on")
+    return stop_after == phase
+
+
+class ServerOnDemand:
+    """The Showdown server of a recipe's phases: the one given, else its own, started at the first
+    call. `stop()` stops only a server it started."""
+
+    def __init__(self, server=None):
+        self.given, self.own = server, None
+
+    def __call__(self):
+        if self.given is not None:
+            return self.given
+        if self.own is None:
+            from battles.server import ShowdownServer
+
+            self.own = ShowdownServer().start()
+        return self.own
+
+    def current(self):
+        """The server in use so far (given or started), or None."""
+        return self.given if self.given is not None else self.own
+
+    def stop(self) -> None:
+        """Stop the server this started, if any."""
+        if self.own is not None:
+            self.own.stop()
+            self.own = None
+
+
+# -- settings ------------------------------------------------------------------------------
+@dataclass
+class StageTrainerConfig(TrainerConfig):
+    """The shared trainer's settings with fine-tuning defaults (a subclass, so that YAML or
+    key=value overrides of a few trainer keys keep these defaults for the others)."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    checkpoint_every: int = 100
+    eval_every: int = 100
+
+
+@dataclass
+class PromotionConfig:
+    """The promotion tournament and rule."""
+
+    battles_per_pair: int = 100  # per pair of agents; a multiple of 4
+    rule: str = "lower_above_parent"  # | disjoint (stricter)
+    level: float = 0.95  # bootstrap interval
+    bootstrap: int = 1000
+    temperature: float = 1.0  # how child and parent play in the tournament (0: arg-max)
+    concurrency: int = 16
+    seed: int = 0
+    max_battles: int = 0  # >0: play at most this many tournament battles per invocation
+
+    def __post_init__(self) -> None:
+        if self.battles_per_pair < 4 or self.battles_per_pair % 4:
+            raise ValueError(f"promotion.battles_per_pair={self.battles_per_pair}: must be a positive multiple of 4")
+        if self.rule not in RULES:
+            raise ValueError(f"promotion.rule={self.rule!r}: choose one of {', '.join(RULES)}")
+        if not 0 < self.level < 1:
+            raise ValueError(f"promotion.level={self.level}: must be in (0, 1), e.g. 0.95")
+        if self.temperature < 0:
+            raise ValueError(f"promotion.temperature={self.temperature}: must be >= 0")
+
+
+@dataclass
+class PlayConfig:
+    """Who the learner plays, how much and on what; as the pool, who judges the child."""
+
+    format: str
+    team_set: str
+    battles: int
+    opponents: dict[str, float]  # agent spec -> share of the battles
+    temperature: float  # the learner's sampling temperature while playing
+    concurrency: int
+    shard_battles: int  # battles per log shard while playing: a kill loses at most these
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.battles < 1:
+            raise ValueError(f"battles={self.battles}: must be at least 1")
+        if not self.opponents or any(not w >= 0 for w in self.opponents.values()) or sum(self.opponents.values()) <= 0:
+            raise ValueError(f"opponents={self.opponents}: give agent specs with weights >= 0 and a positive "
+                             "sum, e.g. opponents={tactician: 0.5, maxbp: 0.5}")
+        for spec in self.opponents:
+            parse_spec(spec)  # ValueError naming the spec and the known kinds
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0")
+
+    @classmethod
+    def of(cls, settings) -> PlayConfig:
+        """The play settings of a stage config that has fields of these names."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+# -- play ----------------------------------------------------------------------------------
+def apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split `total` battles by weight (largest remainder; every count is a whole number)."""
+    s = sum(weights.values())
+    exact = {k: total * w / s for k, w in weights.items()}
+    counts = {k: math.floor(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def learner_spec(parent: Path, temperature: float, seed: int) -> str:
+    """The agent spec the learner plays under while collecting data."""
+    if "," in str(parent):
+        raise ValueError(f"parent path {parent} contains a comma, which agent specs cannot hold; move it")
+    return f"policy:{parent},temperature={temperature:g},seed={seed}"
+
+
+def learner_matcher(parent: Path, temperature: float):
+    """A predicate: is this recorded agent spec the learner (the parent at this temperature)?"""
+    cache: dict[str, bool] = {}
+    target = parent.resolve()
+
+    def is_learner(spec: str | None) -> bool:
+        if not spec:
+            return False
+        if spec not in cache:
+            parsed = parse_spec(spec)
+            cache[spec] = (parsed.kind == "policy" and Path(parsed.params["path"]).resolve() == target
+                           and not parsed.params.get("greedy")
+                           and float(parsed.params.get("temperature", 1.0)) == float(temperature))
+        return cache[spec]
+
+    return is_learner
+
+
+def shard_sizes(paths: list[Path]) -> list[dict]:
+    """Path, rows and bytes of each Parquet shard."""
+    return [{"path": str(p), "rows": pq.read_metadata(p).num_rows, "bytes": p.stat().st_size} for p in paths]
+
+
+def battle_stats(folder: Path, is_learner) -> dict:
+    """Battles in a folder of log shards, and how many the learner won (from three small columns)."""
+    stats = {"battles": 0, "learner_wins": 0, "ties": 0}
+    shards = list_shards(folder) if folder.exists() else []
+    for shard in shards:
+        t = pq.read_table(shard, columns=["winner", "p1_spec", "p2_spec"]).to_pylist()
+        for row in t:
+            stats["battles"] += 1
+            stats["ties"] += row["winner"] == ""
+            stats["learner_wins"] += bool(row["winner"]) and is_learner(row[f"{row['winner']}_spec"])
+    stats["shards"] = shard_sizes(shards)
+    return stats
+
+
+def play(cfg: PlayConfig, run: Path, parent: Path, get_server) -> dict:
+    """Play the remaining battles against each opponent; returns per-opponent counts and wins."""
+    from eval.match import Match
+
+    quotas = apportion(cfg.battles, cfg.opponents)
+    names = agent_names(list(cfg.opponents))
+    is_learner = learner_matcher(parent, cfg.temperature)
+    summary = {}
+    for i, (spec, n) in enumerate(quotas.items()):
+        folder = run / "battles" / names[spec]
+        have = count_battles(folder) if folder.exists() else 0
+        if have < n:
+            seed = cfg.seed * 1_000_003 + 10_007 * i + have  # a restart draws new teams, never repeats
+            print(f"play: {n - have} battles against {spec} ({have} already recorded)", flush=True)
+            Match(learner_spec(parent, cfg.temperature, seed), spec, battle_format=cfg.format, n=n - have,
+                  out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
+                  server=get_server(), shard_size=cfg.shard_battles).run()
+        summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder, is_learner)}
+    return summary
+
+
+# -- the learner's side ----------------------------------------------------------------------
+def select_learner(traj_dir: Path, out: Path, is_learner) -> dict:
+    """Copy the learner's own trajectories into `out`, one row group at a time."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, shard in enumerate(list_shards(traj_dir)):
+        with pq.ParquetFile(shard) as pf:
+            writer = None
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g)
+                keep = np.array([is_learner(a) for a in table["agent"].to_pylist()], dtype=bool)
+                if keep.any():
+                    writer = writer or pq.ParquetWriter(tmp / f"learner-{i:05d}.parquet", pf.schema_arrow,
+                                                        compression="zstd")
+                    writer.write_table(table.filter(pa.array(keep)))
+            if writer is not None:
+                writer.close()
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # the selection is complete or absent
+    return learner_stats(out)
+
+
+def learner_stats(folder: Path, val_fraction: float | None = None) -> dict:
+    """Trajectories, decisions, wins and shard sizes of a trajectory folder (optionally the train split)."""
+    stats = {"trajectories": 0, "decisions": 0, "wins": 0, "shards": []}
+    for shard in list_shards(folder):
+        t = pq.read_table(shard, columns=["battle_id", "n_decisions", "outcome"])
+        rows = list(zip(*(t[c].to_pylist() for c in ("battle_id", "n_decisions", "outcome"))))
+        if val_fraction is not None:
+            rows = [r for r in rows if not is_validation(r[0], val_fraction)]
+        stats["trajectories"] += len(rows)
+        stats["decisions"] += sum(r[1] for r in rows)
+        stats["wins"] += sum(r[2] == 1 for r in rows)
+        stats["shards"].append({"path": str(shard), "trajectories": len(t), "bytes": shard.stat().st_size})
+    return stats
+
+
+# -- evaluate ------------------------------------------------------------------------------
+def evaluate(pool: PlayConfig, p: PromotionConfig, run: Path, parent: Path, child: Path, get_server) -> dict:
+    """The promotion tournament of child, parent and `pool.opponents` (resumes); with every battle
+    played, the ratings and the verdict."""
+    names = agent_names(list(pool.opponents))
+    play_as = f"temperature={p.temperature:g}"
+    agents = {CHILD: f"policy:{child},{play_as}", PARENT: f"policy:{parent},{play_as}",
+              **{names[s]: s for s in pool.opponents}}
+    n_pairs = len(agents) * (len(agents) - 1) // 2
+    print(f"evaluate: tournament of {', '.join(agents)}; {p.battles_per_pair} battles per pair, "
+          f"{n_pairs * p.battles_per_pair} in all", flush=True)
+    result = play_tournament(agents, battle_format=pool.format, team_set=pool.team_set,
+                             battles_per_pair=p.battles_per_pair, out=run / "tournament", seed=p.seed,
+                             concurrency=p.concurrency, bootstrap=p.bootstrap, max_battles=p.max_battles,
+                             server=get_server(), progress=True)
+    status = {"out": result.out, "agents": agents, "planned": result.planned, "finished": result.finished,
+              "errors": result.errors}
+    if not result.complete:
+        print(f"evaluate: {result.finished + result.errors} of {result.planned} tournament battles done; "
+              "run the same command again to continue", flush=True)
+        return status
+    ratings = rate_results(result.rows, list(agents), n_boot=p.bootstrap, seed=p.seed, level=p.level)
+    report = write_tournament_report(result, list(agents), n_boot=p.bootstrap, seed=p.seed)
+    return {**status, "report": str(report),
+            "ratings": {n: {"rating": round(float(ratings.rating[i]), 1), "lo": round(float(ratings.lo[i]), 1),
+                            "hi": round(float(ratings.hi[i]), 1), "battles": int(ratings.games[i])}
+                        for i, n in enumerate(ratings.names)},
+            "decision": decide(ratings, rule=p.rule, level=p.level).to_dict()}
