@@ -144,11 +144,14 @@ def coach_loss(kl_weight: float, win_weight: float, value_weight: float):
 
 
 def train_student(cfg: CoachStageConfig, run: Path, parent: Path, data: list[Path], *, steps: int = 0,
-                  coach_source: str = "", recipe: str = "coach") -> dict:
+                  coach_source: str = "", recipe: str = "coach", mix: dict[str, tuple[float, list[Path]]] | None = None
+                  ) -> dict:
     """Fine-tune `parent` on labelled trajectories `data` (resumes from RUN/state); the training summary.
 
     `steps` > 0 fixes the step count (the ablation's matched budgets); else `cfg.steps`, else
-    `cfg.epochs` passes over the decisions of `data`'s training split.
+    `cfg.epochs` passes over the decisions of `data`'s training split. `mix` ({source: (weight,
+    folders)}, covering `data`) samples the sources by weight instead of as one pool. `cfg` is
+    any stage config with CoachStageConfig's learning fields.
     """
     torch.set_num_threads(cfg.train_threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
     encoder = ObservationEncoder()
@@ -165,9 +168,10 @@ def train_student(cfg: CoachStageConfig, run: Path, parent: Path, data: list[Pat
     steps = steps or cfg.steps or max(1, math.ceil(cfg.epochs * decisions / cfg.decisions_per_step))
     tcfg = dataclasses.replace(cfg.trainer, max_steps=steps, grad_accum=1,  # a step: one DecisionBatches batch
                                warmup_steps=min(cfg.trainer.warmup_steps, max(1, steps // 10)))
-    mix = DataMix({"student": 1.0}, {"student": [str(p) for p in data]}, window=cfg.window, seed=tcfg.seed,
-                  split="train", **filters)
-    batches = DecisionBatches(mix, cfg.decisions_per_step)
+    mix = mix or {"student": (1.0, data)}
+    sampler = DataMix({k: w for k, (w, _) in mix.items()}, {k: [str(p) for p in ps] for k, (_, ps) in mix.items()},
+                      window=cfg.window, seed=tcfg.seed, split="train", **filters)
+    batches = DecisionBatches(sampler, cfg.decisions_per_step)
     val_set = TrajectoryDataset([str(p) for p in data], window=cfg.window, split="val", **filters)
     val = [b for _, b in zip(range(tcfg.eval_batches),
                              DataLoader(val_set, batch_size=cfg.trainer.batch_size, collate_fn=collate))]
@@ -194,5 +198,6 @@ def train_student(cfg: CoachStageConfig, run: Path, parent: Path, data: list[Pat
             "data": [str(p) for p in data], "warmup_steps": tcfg.warmup_steps, "finetune": "full",
             "parent_data_share": 0.0,
             "weights": {"kl": cfg.kl_weight, "win": cfg.win_weight, "value": cfg.value_weight},
+            "mix": {k: {"weight": w, "data": [str(p) for p in ps]} for k, (w, ps) in mix.items()},
             "last_metrics": result.last_metrics, "val_metrics": result.val_metrics,
             "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None}

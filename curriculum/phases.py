@@ -222,8 +222,11 @@ def battle_stats(folder: Path, is_learner) -> dict:
     return stats
 
 
-def play(cfg: PlayConfig, run: Path, parent: Path, get_server) -> dict:
-    """Play the remaining battles against each opponent; returns per-opponent counts and wins."""
+def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: str = "") -> dict:
+    """Play the remaining battles against each opponent; returns per-opponent counts and wins.
+
+    `learner_params` ('key=value,...') are added to the learner's spec (e.g. stage 3's labels).
+    """
     from eval.match import Match
 
     quotas = apportion(cfg.battles, cfg.opponents)
@@ -236,7 +239,8 @@ def play(cfg: PlayConfig, run: Path, parent: Path, get_server) -> dict:
         if have < n:
             seed = cfg.seed * 1_000_003 + 10_007 * i + have  # a restart draws new teams, never repeats
             print(f"play: {n - have} battles against {spec} ({have} already recorded)", flush=True)
-            Match(learner_spec(parent, cfg.temperature, seed), spec, battle_format=cfg.format, n=n - have,
+            learner = learner_spec(parent, cfg.temperature, seed) + (f",{learner_params}" if learner_params else "")
+            Match(learner, spec, battle_format=cfg.format, n=n - have,
                   out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
                   server=get_server(), shard_size=cfg.shard_battles).run()
         summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder, is_learner)}
@@ -246,6 +250,11 @@ def play(cfg: PlayConfig, run: Path, parent: Path, get_server) -> dict:
 # -- the learner's side ----------------------------------------------------------------------
 def select_learner(traj_dir: Path, out: Path, is_learner) -> dict:
     """Copy the learner's own trajectories into `out`, one row group at a time."""
+    return select_rows(traj_dir, out, lambda table: [is_learner(a) for a in table["agent"].to_pylist()])
+
+
+def select_rows(traj_dir: Path, out: Path, keep, prefix: str = "learner") -> dict:
+    """Copy the trajectories whose rows `keep(table) -> bools` accepts into `out` (complete or absent)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -254,11 +263,11 @@ def select_learner(traj_dir: Path, out: Path, is_learner) -> dict:
             writer = None
             for g in range(pf.num_row_groups):
                 table = pf.read_row_group(g)
-                keep = np.array([is_learner(a) for a in table["agent"].to_pylist()], dtype=bool)
-                if keep.any():
-                    writer = writer or pq.ParquetWriter(tmp / f"learner-{i:05d}.parquet", pf.schema_arrow,
+                rows = np.array(keep(table), dtype=bool)
+                if rows.any():
+                    writer = writer or pq.ParquetWriter(tmp / f"{prefix}-{i:05d}.parquet", pf.schema_arrow,
                                                         compression="zstd")
-                    writer.write_table(table.filter(pa.array(keep)))
+                    writer.write_table(table.filter(pa.array(rows)))
             if writer is not None:
                 writer.close()
     shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,309 @@
+"""Curriculum stage 3: learning from a search bot (agents/search.py, in the style of foul-play).
+
+    python -m curriculum.learn_from_search [--config curriculum/configs/stage3.yaml] [key=value ...]
+    scripts/curriculum_stage3.sh parent=runs/stage2 run_dir=runs/stage3
+
+The searcher teaches three ways, and the student learns from all three, mixed by weights:
+
+  - as an opponent: the student's own battles against it (and the rest of the pool), where
+    the student imitates its actions in the battles it won and learns the outcome (value);
+  - as a teacher: while the student plays, the search bot searches every position the
+    student faces (`label_ms` per decision, in parallel worker processes) and its visit
+    shares become the student's teacher probabilities (KL(search || student));
+  - as an expert: the search bot's own side of its games, with its visit shares at each of
+    its decisions as the teacher probabilities.
+
+One stage reads top to bottom; each phase leaves a marker in RUN/phases/ and running the same
+command again continues where it stopped (labels are written per battle, atomically, as the
+battles end, so a kill loses only the battles in flight):
+
+  1 play      the parent (sampling at `temperature`, labelled by the searcher) plays `battles`
+              battles against `opponents`; `search` there is the search bot (`search`, which
+              records its own visit shares).
+  2 build     trajectories of both sides (battles.build); the student's into student/, the
+              search bot's into expert/.
+  3 label     the recorded labels written into those trajectories as teacher probabilities
+              (agents.search_labels.attach_labels); a trajectory whose labels do not match it
+              exactly is counted and left out, never guessed.
+  4 train     the parent's weights on the labelled trajectories, sampling the sources by
+              `sources` weights ({student: w, expert: w}), each step exactly
+              `decisions_per_step` decisions of
+                  kl_weight * KL(search || student) + win_weight * won-battle imitation
+                + value_weight * (value - outcome)^2
+              (curriculum/coaching.py's trainer and loss; resumes from RUN/state).
+  5 evaluate  stage 1's promotion tournament: child, parent and the opponents (the search bot
+              included), then stage 1's rule; RUN/lineage.json gets the verdict and `output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from agents.registry import parse_spec
+from agents.search_labels import attach_labels
+from battles.build import build
+from battles.encode import ObservationEncoder
+from battles.shards import list_shards
+from curriculum.coaching import train_student
+from curriculum.config import check_same_run, load_config, save_config, to_dict
+from curriculum.lineage import resolve_parent, update_lineage
+from curriculum.phases import (
+    PlayConfig,
+    PromotionConfig,
+    ServerOnDemand,
+    StageTrainerConfig,
+    evaluate,
+    learner_matcher,
+    learner_stats,
+    mark,
+    phase_done,
+    play,
+    select_rows,
+    shard_sizes,
+    stop_here,
+)
+from curriculum.promotion import Decision, describe
+from models.checkpoint import read_checkpoint_info
+
+log = logging.getLogger(__name__)
+
+PHASES = ("play", "build", "label", "train", "evaluate")
+SEARCH = "search"  # the opponent name that stands for the search bot
+SOURCES = ("student", "expert")
+_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "promotion.concurrency",
+            "promotion.max_battles", "trainer.stop_after_steps", "trainer.wandb_mode", "trainer.log_every"}
+
+
+@dataclass
+class SearchStageConfig:
+    """Stage 3's settings: the parent, the search bot, what the student plays, learns and is judged by."""
+
+    run_dir: str = "runs/stage3"
+    stage: str = "stage3"
+    parent: str = "runs/stage2"  # the best promoted model so far: checkpoint or run folder (its output)
+    search: str = "search:ms=300"  # the search bot as opponent and expert (any search:... spec)
+    label_ms: int = 100  # search time per labelled student position
+    label_samples: int = 1  # opponent guesses per labelled position
+    format: str = "gen1ou"
+    team_set: str = "competitive"
+    battles: int = 300
+    opponents: dict[str, float] = field(default_factory=lambda: {SEARCH: 0.5, "tactician": 0.25, "bestdamage": 0.25})
+    temperature: float = 1.0  # the student's sampling temperature while playing
+    concurrency: int = 4  # battles in flight: the searchers share the cores
+    shard_battles: int = 25
+    seed: int = 0
+    # learning
+    sources: dict[str, float] = field(default_factory=lambda: {"student": 1.0, "expert": 0.5})
+    kl_weight: float = 1.0
+    win_weight: float = 0.5
+    value_weight: float = 0.5
+    epochs: float = 3.0
+    steps: int = 0  # > 0: exactly this many steps instead of `epochs`
+    decisions_per_step: int = 512
+    window: int = 64
+    val_fraction: float = 0.05
+    train_threads: int = 0
+    trainer: StageTrainerConfig = field(default_factory=StageTrainerConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    stop_after: str = ""  # play | build | label | train | evaluate
+
+    def __post_init__(self) -> None:
+        if parse_spec(self.search).kind != "search":
+            raise ValueError(f"search={self.search!r}: give a search bot spec, e.g. search:ms=300")
+        if "labels" in parse_spec(self.search).params:
+            raise ValueError(f"search={self.search!r}: leave labels out; the stage records them in its run folder")
+        if self.label_ms < 1 or self.label_samples < 1:
+            raise ValueError(f"label_ms={self.label_ms}, label_samples={self.label_samples}: must be at least 1")
+        if set(self.sources) - set(SOURCES) or any(not w >= 0 for w in self.sources.values()) or \
+                sum(self.sources.values()) <= 0:
+            raise ValueError(f"sources={self.sources}: weights >= 0 with a positive sum over {', '.join(SOURCES)}")
+        if min(self.kl_weight, self.win_weight, self.value_weight) < 0 or self.kl_weight + self.win_weight <= 0:
+            raise ValueError(f"kl_weight={self.kl_weight}, win_weight={self.win_weight}: must be >= 0 and not both 0")
+        if self.stop_after not in ("", *PHASES):
+            raise ValueError(f"stop_after={self.stop_after!r}: use one of {', '.join(PHASES)} or leave it empty")
+        if SEARCH not in self.opponents and self.sources.get("expert", 0) > 0:
+            raise ValueError(f"opponents={self.opponents}: sources.expert needs the search bot among the opponents "
+                             f"(add {SEARCH}: WEIGHT) or set sources.expert=0")
+        PlayConfig(**{**self._play_fields(), "opponents": self._opponents(Path("."))})  # checks the pool
+
+    def _play_fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PlayConfig) if hasattr(self, f.name)}
+
+    def _opponents(self, labels: Path | None) -> dict[str, float]:
+        """The pool with `search` resolved (recording its own labels under `labels` when given)."""
+        bot = f"{self.search},labels={labels}" if labels is not None else self.search
+        return {(bot if s == SEARCH else s): w for s, w in self.opponents.items()}
+
+
+def play_config(cfg: SearchStageConfig, rundir: Path) -> PlayConfig:
+    return PlayConfig(**{**cfg._play_fields(), "opponents": cfg._opponents(rundir / "labels" / "expert")})
+
+
+def pool_config(cfg: SearchStageConfig) -> PlayConfig:
+    """The promotion pool: the opponents, the search bot playing without recording."""
+    return PlayConfig(**{**cfg._play_fields(), "opponents": cfg._opponents(None)})
+
+
+def student_params(cfg: SearchStageConfig, rundir: Path) -> str:
+    """What the student plays with besides the parent's spec: the searcher that labels it."""
+    folder = rundir / "labels" / "student"
+    if "," in str(folder):
+        raise ValueError(f"run_dir {rundir} contains a comma, which agent specs cannot hold; choose another")
+    return f"labels={folder},label_ms={cfg.label_ms},label_samples={cfg.label_samples},label_seed={cfg.seed}"
+
+
+def is_search(spec: str | None) -> bool:
+    return bool(spec) and parse_spec(spec).kind == "search"
+
+
+def keep_labelled(src: Path, out: Path, prefix: str) -> dict:
+    """The trajectories of `src` that got their labels, into `out`."""
+    if not list_shards(src):
+        out.mkdir(parents=True, exist_ok=True)
+        return learner_stats(out)
+    return select_rows(src, out, lambda table: [s is not None for s in table["teacher_source"].to_pylist()], prefix)
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def run(cfg: SearchStageConfig, server=None) -> dict:
+    """Run (or resume) stage 3 (on `server`, or its own); returns the lineage record."""
+    rundir = Path(cfg.run_dir)
+    check_same_run(cfg, rundir, _MUTABLE, keep=("opponents", "sources"), fix="give a new run_dir for a new stage")
+    parent, parent_run = resolve_parent(cfg.parent)
+    info = read_checkpoint_info(parent)  # a missing or broken parent fails here, before any battle
+    encoder = ObservationEncoder()
+    if info.encoder_version != encoder.version or info.vocab_hash != encoder.vocab.hash:
+        raise ValueError(f"parent {parent} was trained with another encoder or vocabulary; retrain it with this Qabra")
+    rundir.mkdir(parents=True, exist_ok=True)
+    if not (rundir / "config.yaml").is_file():
+        save_config(cfg, rundir / "config.yaml")
+    update_lineage(rundir, stage=cfg.stage, recipe="curriculum.learn_from_search", run=str(rundir),
+                   parent={"checkpoint": str(parent), "run": str(parent_run) if parent_run else None,
+                           "recipe": info.metadata.get("recipe")},
+                   search={"bot": cfg.search, "label_ms": cfg.label_ms, "label_samples": cfg.label_samples},
+                   config=to_dict(cfg))
+    get_server = ServerOnDemand(server)
+    try:
+        # 1. play: the student labelled by a searcher; the search bot recording its own shares
+        played = phase_done(rundir, "play")
+        if played is None:
+            played = play(play_config(cfg, rundir), rundir, parent, get_server, student_params(cfg, rundir))
+            mark(rundir, "play", played)
+        record = update_lineage(rundir, status="played", data={"battles": played})
+        if stop_here(cfg.stop_after, "play"):
+            return record
+
+        # 2. build: both sides' trajectories; the student's and the search bot's apart
+        built = phase_done(rundir, "build")
+        if built is None:
+            summary = build([rundir / "battles"], rundir / "trajectories")
+            print("build:", json.dumps(summary), flush=True)
+            is_student = learner_matcher(parent, cfg.temperature)
+            sides = {"student": select_rows(rundir / "trajectories", rundir / "student",
+                                            lambda t: [is_student(a) for a in t["agent"].to_pylist()], "student"),
+                     "expert": select_rows(rundir / "trajectories", rundir / "expert",
+                                           lambda t: [is_search(a) for a in t["agent"].to_pylist()], "expert")}
+            built = {"build": summary, **sides, "trajectories": shard_sizes(list_shards(rundir / "trajectories"))}
+            mark(rundir, "build", built)
+        record = update_lineage(rundir, status="built", data={"battles": played, **built})
+        if stop_here(cfg.stop_after, "build"):
+            return record
+
+        # 3. label: the recorded visit shares into the trajectories they belong to
+        labelled = phase_done(rundir, "label")
+        if labelled is None:
+            labelled = {}
+            for source in SOURCES:
+                counts = attach_labels(rundir / source, rundir / "labels" / source)
+                kept = keep_labelled(rundir / source, rundir / f"{source}-labelled", source)
+                labelled[source] = {"attach": counts, "kept": kept}
+                print(f"label: {source}: {kept['trajectories']} trajectories ({kept['decisions']} decisions) "
+                      f"labelled; {json.dumps(counts)}", flush=True)
+            mark(rundir, "label", labelled)
+        record = update_lineage(rundir, status="labelled", labels=labelled)
+        if stop_here(cfg.stop_after, "label"):
+            return record
+
+        # 4. train: the sources sampled by weight
+        trained = phase_done(rundir, "train")
+        if trained is None:
+            mix = {s: (w, [rundir / f"{s}-labelled"]) for s, w in cfg.sources.items()
+                   if w > 0 and labelled[s]["kept"]["decisions"] > 0}
+            if not mix:
+                raise ValueError(f"no labelled decisions to learn from in {rundir}: play more battles")
+            trained = train_student(cfg, rundir, parent, [p for _, ps in mix.values() for p in ps],
+                                    coach_source=cfg.search, recipe="learn_from_search", mix=mix)
+            if not trained["finished"]:
+                print(f"train: stopped at step {trained['steps']} of {trained['max_steps']}; "
+                      "run the same command again to continue", flush=True)
+                return update_lineage(rundir, status="training", training=trained)
+            mark(rundir, "train", trained)
+        record = update_lineage(rundir, status="trained", training=trained)
+        if stop_here(cfg.stop_after, "train"):
+            return record
+
+        # 5. evaluate
+        evaluated = phase_done(rundir, "evaluate")
+        if evaluated is None:
+            evaluated = evaluate(pool_config(cfg), cfg.promotion, rundir, parent, Path(trained["checkpoint"]),
+                                 get_server)
+            if evaluated.get("decision") is None:
+                return update_lineage(rundir, status="evaluating", tournament=evaluated)
+            mark(rundir, "evaluate", evaluated)
+        if stop_here(cfg.stop_after, "evaluate"):
+            return update_lineage(rundir, status="evaluated", tournament=evaluated)
+    finally:
+        get_server.stop()
+
+    # 6. decide
+    decision = evaluated["decision"]
+    output = trained["checkpoint"] if decision["promoted"] else str(parent)
+    record = update_lineage(rundir, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
+                            decision=decision, promoted=decision["promoted"], reason=decision["reason"],
+                            output=output)
+    if not decision["promoted"]:
+        (rundir / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe parent {parent} is kept.\n")
+    print_summary(record)
+    return record
+
+
+def print_summary(record: dict) -> None:
+    """The stage in a few lines: play, labels, training, ratings, verdict."""
+    print(f"\n{record['stage']} ({record['run']}), parent {record['parent']['checkpoint']}, "
+          f"search bot {record['search']['bot']}")
+    for name, b in record["data"]["battles"].items():
+        print(f"  played {b['battles']:5d} vs {name:16} student won {b['learner_wins'] / max(b['battles'], 1):.3f}")
+    for source, lab in record["labels"].items():
+        print(f"  {source:7}: {lab['kept']['trajectories']} labelled trajectories ({lab['kept']['decisions']} decisions)")
+    t = record["training"]
+    print(f"  {t['steps']} steps of {t['decisions_per_step']} decisions, mix "
+          f"{ {k: v['weight'] for k, v in t['mix'].items()} }, final loss {t['last_metrics'].get('loss', float('nan')):.4f}")
+    for name, r in record["tournament"].get("ratings", {}).items():
+        print(f"  rating {name:16} {r['rating']:7.1f} [{r['lo']:.1f}, {r['hi']:.1f}]")
+    print("  " + describe(Decision(**record["decision"])).replace("\n", "\n  "))
+    print(f"  next stage starts from: {record['output']}\n  lineage: {Path(record['run']) / 'lineage.json'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Curriculum stage 3: learn from a search bot, then promote.")
+    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/stage3.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. parent=runs/stage2 battles=200")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    try:
+        cfg = load_config(SearchStageConfig, args.config, args.overrides)
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
