@@ -88,7 +88,7 @@ class Match:
         concurrency: int = 16,
         seed: int = 0,
         server: ShowdownServer | None = None,
-        stall_timeout: float = 120.0,
+        stall_timeout: float = 120.0,  # seconds without a finished battle or a new turn
         max_restarts: int = 10,
         progress: bool = True,
         shard_size: int = 500,
@@ -188,6 +188,7 @@ class Match:
         task = asyncio.create_task(p1.battle_against(p2, n_battles=self.n - result.battles))
         last_progress = time.monotonic()
         healthy = True
+        seen = None
         try:
             while not task.done():
                 await asyncio.sleep(0.2)
@@ -195,6 +196,10 @@ class Match:
                 if new:
                     bar.update(new)
                     last_progress = time.monotonic()
+                # A new battle or turn is progress too: a slow agent (search) is not a stalled server.
+                now_seen = (len(p1.battles), sum(b.turn for b in list(p1.battles.values())))
+                if now_seen != seen:
+                    seen, last_progress = now_seen, time.monotonic()
                 if not self.server.is_alive():
                     log.warning("server died mid-match; restarting and replaying lost battles")
                     healthy = False

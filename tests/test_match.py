@@ -91,3 +91,26 @@ def test_cli_prints_json_summary(tmp_path):
     assert summary["battles"] == 4
     lo, hi = summary["ci95"]
     assert 0 <= lo <= summary["p1_winrate"] <= hi <= 1
+
+
+def test_a_slow_agent_is_not_a_stalled_server(tmp_path, showdown, monkeypatch):
+    """Battles that each take longer than the stall timeout still finish, without a restart."""
+    import asyncio
+
+    from poke_env.player import Player
+
+    from agents import registry
+
+    class Slow(Player):
+        def choose_move(self, battle):
+            async def think():
+                await asyncio.sleep(0.2)
+                return self.choose_random_move(battle)
+            return think()
+
+    monkeypatch.setitem(registry.AGENTS, "slow", registry.AgentKind(lambda spec, **kw: Slow(**kw), (), "slow"))
+    start = time.monotonic()
+    result = Match("slow", "maxbp", battle_format="gen1ou", team_set="competitive", n=2, out_dir=tmp_path,
+                   concurrency=1, server=showdown, progress=False, stall_timeout=2).run()
+    assert result.battles == 2 and result.restarts == 0 and result.errors == 0
+    assert time.monotonic() - start > 4  # each battle outlasted the 2 s timeout
