@@ -304,6 +304,10 @@ def _request_mon(gen: int, entry: dict, tracked, request: dict, battle: Battle) 
         if state.get("transform_into"):
             state["moves_now"] = [[m["id"], m.get("pp", 5)] for m in active["moves"]]
         offered = [m["id"] for m in active["moves"]]
+        # Our request says whether a Choice item locks us (a Choice item just received by Trick
+        # does not lock until the next move): the simulator must not infer one from the last move.
+        enabled = [norm_move(m["id"]) for m in active["moves"] if not m.get("disabled")]
+        state["choice_locked"] = enabled == [state.get("last_move")]
         twoturn = any(v.startswith("twoturnmove:") for v in (tracked.volatiles if tracked else ()))
         if len(offered) == 1 and offered[0] not in LOCK_EXEMPT and len(moves) > 1 and not twoturn:
             state["lock"] = norm_move(offered[0])

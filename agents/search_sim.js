@@ -209,7 +209,8 @@ module.exports = function load(psDir) {
 				}
 			}
 			if (m.lock) applyLock(battle, mon, m.lock);
-			if (m.last_move && mon.getItem().isChoice && mon.moveSlots.some(slot => slot.id === m.last_move)) {
+			if (m.last_move && m.choice_locked !== false && mon.getItem().isChoice &&
+				mon.moveSlots.some(slot => slot.id === m.last_move)) {
 				mon.volatiles.choicelock = effectState(battle, mon, 'choicelock', {move: m.last_move});
 			}
 		}

@@ -178,6 +178,7 @@ class Checked(SearchPlayer):
 
     def setup_checks(self, kill_at: int):
         self.errors, self.mismatches, self.kill_at, self.checked, self.killed_ok = [], [], kill_at, 0, None
+        self.searched_mass = []  # the policy's total mass after each searched (not forced) decision
 
     async def _handle_battle_message(self, split_messages):
         for msg in split_messages:
@@ -196,7 +197,11 @@ class Checked(SearchPlayer):
             order = await super().choose_move(battle)
             self.killed_ok = self.fallbacks == before + 1  # the tactician decided this one
             return order
-        return await super().choose_move(battle)
+        searched, before = len(root_orders(battle, self)) > 1, self.fallbacks
+        order = await super().choose_move(battle)
+        if searched and self.fallbacks == before:
+            self.searched_mass.append(float(self.last_policy.sum()))
+        return order
 
     def compare(self, battle):
         self.checked += 1
@@ -263,4 +268,5 @@ def test_real_battles_state_matches_and_never_illegal(showdown, fmt, n):
     assert bot.killed_ok and bot.pool.restarts >= 1
     assert bot.checked > 10 * n
     assert bot.decisions > bot.fallbacks >= 1
-    assert bot.last_policy.shape == (13,) and bot.last_policy.sum() == pytest.approx(1.0, abs=1e-5)
+    assert bot.last_policy.shape == (13,) and len(bot.searched_mass) > 5 * n
+    assert bot.searched_mass == pytest.approx([1.0] * len(bot.searched_mass), abs=1e-5)
