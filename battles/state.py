@@ -342,7 +342,12 @@ def _on_hp(state: BattleState, ev: Event) -> None:
             mon.status = status
         elif mon.status == "fnt":
             mon.status = ""  # revived
-    state.reveal_from_tag(ev, mon)
+    kind, name = strip_prefix(ev.tags.get("from", ""))
+    if ev.kind == "-heal" and kind == "ability":
+        # Water Absorb, Volt Absorb, Dry Skin...: the healed Pokémon's own ability; [of] is the attacker.
+        mon.reveal_ability(name)
+    else:
+        state.reveal_from_tag(ev, mon)
 
 
 def _on_faint(state: BattleState, ev: Event) -> None:

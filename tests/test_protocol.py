@@ -177,6 +177,22 @@ def test_items_abilities_and_tricks():
     assert b.item == "" and b.first_item == "choicescarf"
 
 
+def test_an_absorbing_ability_belongs_to_the_healed_pokemon_a_damaging_one_to_of():
+    state = run(HEADER + """
+|switch|p1a: V|Vaporeon|100/100
+|switch|p2a: M|Alomomola|100/100
+|turn|1
+|
+|move|p2a: M|Scald|p1a: V
+|-heal|p1a: V|100/100|[from] ability: Water Absorb|[of] p2a: M
+|move|p1a: V|Tackle|p2a: M
+|-damage|p2a: M|90/100
+|-damage|p1a: V|88/100|[from] ability: Rough Skin|[of] p2a: M""")
+    v, m = state.sides["p1"].mons["V"], state.sides["p2"].mons["M"]
+    assert v.first_ability == "waterabsorb"  # not the attacker's, which [of] names
+    assert m.first_ability == "roughskin"
+
+
 def test_moves_called_by_other_moves_are_not_revealed():
     state = run(HEADER + """
 |switch|p1a: A|Clefable|100/100
