@@ -117,15 +117,18 @@ def _room_of(battle_id: str, rooms: set[str]) -> str | None:
     return None
 
 
-def match_labels(traj, entry: dict) -> tuple[np.ndarray | None, str]:
-    """The label rows for this trajectory, renormalised over its legal actions, or why not."""
-    labels = np.asarray(entry["labels"], np.float32).reshape(-1, N_ACTIONS)
+def match_labels(traj, entry: dict, temperature: float = 1.0) -> tuple[np.ndarray | None, str]:
+    """The label rows for this trajectory, sharpened by `temperature` (shares ** (1/T)) and
+    renormalised over its legal actions, or why not."""
+    labels = np.asarray(entry["labels"], np.float64).reshape(-1, N_ACTIONS)
     if len(labels) != len(traj.action):
         return None, "decision_count_mismatch"
     actions = np.asarray(entry["actions"])
     shown = traj.action >= 0
     if (actions[shown] != traj.action[shown]).any():
         return None, "action_mismatch"
+    if temperature != 1.0:
+        labels = labels ** (1.0 / temperature)  # zero stays zero
     probs = np.where(traj.legal, labels, 0.0)
     mass = probs.sum(axis=1, keepdims=True)
     # A label with no mass on the log's legal actions (a forced position) falls back to
@@ -135,11 +138,15 @@ def match_labels(traj, entry: dict) -> tuple[np.ndarray | None, str]:
     return probs.astype(np.float32), ""
 
 
-def attach_labels(trajectories: str | Path, labels: str | Path) -> dict:
+def attach_labels(trajectories: str | Path, labels: str | Path, temperature: float = 1.0) -> dict:
     """Write every matching label file under `labels` into the shards under `trajectories`.
 
-    Returns counts: trajectories labelled, label files used, and why others were not.
+    Visit shares from a short search spread over many choices; `temperature` < 1 sharpens
+    them towards the most visited (0.25: shares ** 4, renormalised). Returns counts:
+    trajectories labelled, label files used, and why others were not.
     """
+    if not temperature > 0:
+        raise ValueError(f"label temperature must be > 0, got {temperature}")
     entries = read_labels(labels)
     rooms = {room for room, _ in entries}
     counts: Counter = Counter()
@@ -152,11 +159,12 @@ def attach_labels(trajectories: str | Path, labels: str | Path) -> dict:
             if entry is None:
                 counts["unlabelled_trajectories"] += 1
                 continue
-            probs, why = match_labels(traj, entry)
+            probs, why = match_labels(traj, entry, temperature)
             if probs is None:
                 counts[why] += 1
                 continue
-            found[(traj.battle_id, traj.player)] = (probs, entry["source"])
+            source = entry["source"] + (f",T={temperature:g}" if temperature != 1.0 else "")
+            found[(traj.battle_id, traj.player)] = (probs, source)
             used.add((room, traj.player))
         if found:
             counts["labelled"] += update_teacher(shard, found)

@@ -23,8 +23,9 @@ battles end, so a kill loses only the battles in flight):
   2 build     trajectories of both sides (battles.build); the student's into student/, the
               search bot's into expert/.
   3 label     the recorded labels written into those trajectories as teacher probabilities
-              (agents.search_labels.attach_labels); a trajectory whose labels do not match it
-              exactly is counted and left out, never guessed.
+              (agents.search_labels.attach_labels), sharpened by `label_temperature` (a short
+              search's visit shares are close to uniform); a trajectory whose labels do not
+              match it exactly is counted and left out, never guessed.
   4 train     the parent's weights on the labelled trajectories, sampling the sources by
               `sources` weights ({student: w, expert: w}), each step exactly
               `decisions_per_step` decisions of
@@ -90,6 +91,7 @@ class SearchStageConfig:
     search: str = "search:ms=300"  # the search bot as opponent and expert (any search:... spec)
     label_ms: int = 100  # search time per labelled student position
     label_samples: int = 1  # opponent guesses per labelled position
+    label_temperature: float = 0.25  # visit shares ** (1/T): a short search's shares are near uniform
     format: str = "gen1ou"
     team_set: str = "competitive"
     battles: int = 300
@@ -120,6 +122,8 @@ class SearchStageConfig:
             raise ValueError(f"search={self.search!r}: leave labels out; the stage records them in its run folder")
         if self.label_ms < 1 or self.label_samples < 1:
             raise ValueError(f"label_ms={self.label_ms}, label_samples={self.label_samples}: must be at least 1")
+        if not self.label_temperature > 0:
+            raise ValueError(f"label_temperature={self.label_temperature}: must be > 0 (1 keeps the visit shares)")
         if set(self.sources) - set(SOURCES) or any(not w >= 0 for w in self.sources.values()) or \
                 sum(self.sources.values()) <= 0:
             raise ValueError(f"sources={self.sources}: weights >= 0 with a positive sum over {', '.join(SOURCES)}")
@@ -220,7 +224,7 @@ def run(cfg: SearchStageConfig, server=None) -> dict:
         if labelled is None:
             labelled = {}
             for source in SOURCES:
-                counts = attach_labels(rundir / source, rundir / "labels" / source)
+                counts = attach_labels(rundir / source, rundir / "labels" / source, cfg.label_temperature)
                 kept = keep_labelled(rundir / source, rundir / f"{source}-labelled", source)
                 labelled[source] = {"attach": counts, "kept": kept}
                 print(f"label: {source}: {kept['trajectories']} trajectories ({kept['decisions']} decisions) "

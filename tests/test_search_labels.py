@@ -79,3 +79,22 @@ def test_mismatched_labels_are_counted_not_attached(tmp_path, showdown, checkpoi
     counts = attach_labels(tmp_path / "traj", labels)
     assert counts.get("labelled", 0) == 0 and counts["decision_count_mismatch"] == 1
     assert all(t.teacher is None for s in list_shards(tmp_path / "traj") for t in read_trajectories(s))
+
+
+def test_labels_are_sharpened_and_renormalised_over_the_logs_legal_actions():
+    import types
+
+    from agents.search_labels import match_labels
+
+    legal = np.zeros((2, 13), bool)
+    legal[:, [0, 1, 4]] = True
+    traj = types.SimpleNamespace(action=np.array([0, -1]), legal=legal)
+    shares = [0.5, 0.25, 0.0, 0.0, 0.25] + [0.0] * 8
+    entry = {"labels": [shares, [0.0] * 3 + [1.0] + [0.0] * 9], "actions": [0, 3]}
+    probs, why = match_labels(traj, entry)
+    assert why == "" and np.allclose(probs[0, [0, 1, 4]], [0.5, 0.25, 0.25])
+    # The second label's only mass is on an action the log calls illegal: uniform over the legal ones.
+    assert np.allclose(probs[1, [0, 1, 4]], 1 / 3) and probs[1].sum() == pytest.approx(1.0)
+    sharp, _ = match_labels(traj, entry, temperature=0.5)  # shares ** 2: 0.25, 0.0625, 0.0625
+    assert np.allclose(sharp[0, [0, 1, 4]], [0.25 / 0.375, 0.0625 / 0.375, 0.0625 / 0.375])
+    assert match_labels(traj, {**entry, "actions": [1, 3]}) == (None, "action_mismatch")
