@@ -78,8 +78,9 @@ def test_the_student_learns_from_search_labels_and_expert_games(stage, parent):
         assert counts["labelled"] == labels[source]["kept"]["trajectories"] and counts["label_files_unused"] == 0
         for t in (t for s in list_shards(run / f"{source}-labelled") for t in read_trajectories(s)):
             assert t.teacher_source.startswith("search:ms=")
-            rows = t.legal.any(axis=1)
-            assert np.allclose(t.teacher[rows].sum(axis=1), 1.0, atol=1e-4) and (t.teacher[~t.legal] == 0).all()
+            mass = t.teacher.sum(axis=1)  # a distribution, or no label (forced, or a differing decision)
+            assert np.allclose(mass[mass > 0], 1.0, atol=1e-4) and (t.teacher[~t.legal] == 0).all()
+            assert (mass > 0).sum() >= 0.8 * t.legal.any(axis=1).sum()
             if source == "student":
                 assert t.agent.startswith(f"policy:{parent},")
             else:
