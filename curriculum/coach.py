@@ -49,6 +49,7 @@ from curriculum.lineage import LINEAGE, read_lineage, resolve_parent, update_lin
 from curriculum.phases import (
     PlayConfig,
     ServerOnDemand,
+    conclude,
     evaluate,
     learner_matcher,
     mark,
@@ -193,12 +194,7 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
         return update_lineage(rundir, status="evaluated", tournament=evaluated)
 
     # 6. decide
-    decision = evaluated["decision"]
-    output = trained["checkpoint"] if decision["promoted"] else str(student)
-    if not decision["promoted"]:
-        (rundir / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe student {student} is kept.\n")
-    return update_lineage(rundir, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
-                          decision=decision, promoted=decision["promoted"], reason=decision["reason"], output=output)
+    return conclude(rundir, student, trained, evaluated, kept="student")
 
 
 # -- the recipe ------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from agents.registry import parse_spec
 from agents.search_labels import attach_labels
 from battles.build import build
@@ -59,6 +58,7 @@ from curriculum.phases import (
     PromotionConfig,
     ServerOnDemand,
     StageTrainerConfig,
+    conclude,
     evaluate,
     learner_matcher,
     learner_stats,
@@ -266,13 +266,7 @@ def run(cfg: SearchStageConfig, server=None) -> dict:
         get_server.stop()
 
     # 6. decide
-    decision = evaluated["decision"]
-    output = trained["checkpoint"] if decision["promoted"] else str(parent)
-    record = update_lineage(rundir, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
-                            decision=decision, promoted=decision["promoted"], reason=decision["reason"],
-                            output=output)
-    if not decision["promoted"]:
-        (rundir / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe parent {parent} is kept.\n")
+    record = conclude(rundir, parent, trained, evaluated)
     print_summary(record)
     return record
 

@@ -34,6 +34,7 @@ from agents.registry import parse_spec
 from battles.dataset import is_validation
 from battles.logs import count_battles
 from battles.shards import list_shards
+from curriculum.lineage import update_lineage
 from curriculum.promotion import (
     CHILD,
     PARENT,
@@ -318,3 +319,15 @@ def evaluate(pool: PlayConfig, p: PromotionConfig, run: Path, parent: Path, chil
                             "hi": round(float(ratings.hi[i]), 1), "battles": int(ratings.games[i])}
                         for i, n in enumerate(ratings.names)},
             "decision": decide(ratings, rule=p.rule, level=p.level).to_dict()}
+
+
+# -- decide --------------------------------------------------------------------------------
+def conclude(run: Path, parent: Path, trained: dict, evaluated: dict, kept: str = "parent") -> dict:
+    """The verdict of a finished promotion tournament into RUN/lineage.json (status 'done',
+    `output`: the child when promoted, else `parent`); NOT_PROMOTED.txt says why when not."""
+    decision = evaluated["decision"]
+    output = trained["checkpoint"] if decision["promoted"] else str(parent)
+    if not decision["promoted"]:
+        (run / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe {kept} {parent} is kept.\n")
+    return update_lineage(run, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
+                          decision=decision, promoted=decision["promoted"], reason=decision["reason"], output=output)

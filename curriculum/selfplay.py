@@ -53,6 +53,7 @@ from curriculum.phases import (
     PromotionConfig,
     ServerOnDemand,
     StageTrainerConfig,
+    conclude,
     evaluate,
     learner_matcher,
     learner_stats,
@@ -346,13 +347,7 @@ def run(cfg: SelfPlayConfig, server=None) -> dict:
         get_server.stop()
 
     # 5. decide
-    decision = evaluated["decision"]
-    output = trained["checkpoint"] if decision["promoted"] else str(parent)
-    record = update_lineage(rundir, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
-                            decision=decision, promoted=decision["promoted"], reason=decision["reason"],
-                            output=output)
-    if not decision["promoted"]:
-        (rundir / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe parent {parent} is kept.\n")
+    record = conclude(rundir, parent, trained, evaluated)
     print_summary(record)
     return record
 
