@@ -118,9 +118,9 @@ AGENTS: dict[str, AgentKind] = {
     ),
     "search": AgentKind(
         _search,
-        ("ms", "samples", "iterations", "workers", "c", "depth", "rollout", "seed", "labels"),
+        ("ms", "samples", "iterations", "workers", "c", "bias", "depth", "rollout", "seed", "labels"),
         "decoupled UCT over Showdown's own simulator on sampled opponent sets: "
-        "search:ms=1000[,samples=2,workers=N,iterations=N,c=0.7,depth=8,rollout=2,labels=DIR]",
+        "search:ms=1000[,samples=2,workers=N,iterations=N,c=1.5,bias=2,depth=8,rollout=2,labels=DIR]",
     ),
 }
 

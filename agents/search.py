@@ -11,13 +11,22 @@ state for every simulation. Leaves are scored after `rollout` greedy turns by th
 material (HP, status, boosts, Pokémon left) and the duel the two active Pokémon would fight.
 The player picks the choice with the largest visit share summed over the guesses.
 
+The evaluation's differences between choices are small next to its noise (damage rolls,
+critical hits, full paralysis), and a decision gets a few hundred simulations, so three
+things keep them where they matter: UCB works in units of the rewards' spread at each node;
+a choice that cannot do anything (a status move on a foe that already has a status, healing
+at full HP) is pruned for both sides; and a prior adds a progressive bias that fades with
+visits: at the root, half on the tactician heuristic's choice; elsewhere, a softmax of each
+choice's expected damage.
+
     player = make_player("search:ms=1000,samples=2", battle_format="gen1ou", ...)
     player.last_policy          # the last decision's visit shares over the 13 action slots
     player.search_policy(battle)  # search a decision now (blocking), for teacher labels
 
 Params: ms (time per decision), samples (guesses), workers (Node processes; default one per
-core, at most `samples`), iterations (cap per guess, 0 = none), c (exploration), depth (tree
-depth cap), rollout (greedy turns past the tree), seed. A worker that dies is restarted and
+core, at most `samples`), iterations (cap per guess, 0 = none), c (exploration, in units of
+the rewards' spread), bias (weight of the prior; 0 = none), depth (tree depth cap), rollout
+(greedy turns past the tree), seed. A worker that dies is restarted and
 that decision falls back to the tactician heuristic (agents.heuristics), logged. The order
 sent is always one the request allows: root choices come from the real request and are
 mapped to poke-env orders before the search starts.
@@ -487,16 +496,17 @@ class SearchPlayer(TacticianPlayer):
     """Searches every decision with Showdown's simulator (see the module docstring)."""
 
     def __init__(self, *, ms: int = 1000, samples: int = 2, iterations: int = 0, workers: int = 0,
-                 c: float = 0.7, depth: int = 8, rollout: int = 2, seed: int | None = None,
+                 c: float = 1.5, bias: float = 2.0, depth: int = 8, rollout: int = 2, seed: int | None = None,
                  labels: str | None = None, **player_kwargs):
         for key, value, low in (("ms", ms, 1), ("samples", samples, 1), ("workers", workers, 0),
                                 ("iterations", iterations, 0), ("depth", depth, 1), ("rollout", rollout, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"search param {key}={value!r} must be an integer >= {low}")
-        if not (isinstance(c, int | float) and c >= 0):
-            raise ValueError(f"search param c={c!r} must be a number >= 0")
+        for key, value in (("c", c), ("bias", bias)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"search param {key}={value!r} must be a number >= 0")
         self.ms, self.samples, self.iterations = ms, samples, iterations
-        self.c, self.depth, self.rollout = float(c), depth, rollout
+        self.c, self.bias, self.depth, self.rollout = float(c), float(bias), depth, rollout
         # One worker per core by default, and no more than there are samples to search at once.
         workers = workers or max(1, min(samples, os.cpu_count() or 1, 4))
         fmt = player_kwargs.get("battle_format") or "gen9randombattle"
@@ -526,7 +536,7 @@ class SearchPlayer(TacticianPlayer):
         else:
             specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
             shares, info = await asyncio.to_thread(self._search, specs, list(orders),
-                                                   battle.last_request["side"]["id"])
+                                                   battle.last_request["side"]["id"], self._prior(battle, orders))
             order = self._decide(battle, orders, shares, info)
         if self.label_writer is not None:
             self.label_writer.record(battle, self.last_policy, order_to_index(order, battle, view_from_battle(battle)))
@@ -539,17 +549,28 @@ class SearchPlayer(TacticianPlayer):
             self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
             return self.last_policy.copy()
         specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
-        shares, info = self._search(specs, list(orders), battle.last_request["side"]["id"])
+        shares, info = self._search(specs, list(orders), battle.last_request["side"]["id"], self._prior(battle, orders))
         self._decide(battle, orders, shares, info)
         return self.last_policy.copy()
 
-    def _search(self, specs: list[dict], root: list[str], us: str) -> tuple[dict[str, float], dict]:
+    def _prior(self, battle: Battle, orders: dict) -> dict[str, float]:
+        """The root prior: half on the tactician heuristic's choice, half spread evenly."""
+        try:
+            pick = str(TacticianPlayer.choose_move(self, battle))
+        except Exception as err:  # a heuristic's failure must not cost the search
+            log.warning("tactician prior failed for %s: %r", battle.battle_tag, err)
+            return {}
+        even = 0.5 / len(orders)
+        return {ch: even + (0.5 if str(order) == pick else 0.0) for ch, order in orders.items()}
+
+    def _search(self, specs: list[dict], root: list[str], us: str,
+                prior: dict[str, float] | None = None) -> tuple[dict[str, float], dict]:
         """Summed visit shares per root choice over all samples (empty when every worker failed)."""
         rounds = math.ceil(len(specs) / len(self.pool.workers))
         ms = max(5, self.ms // rounds)  # samples beyond the workers share the decision's budget
         cmds = [{"cmd": "search", "spec": s, "ms": ms, "iterations": self.iterations, "c": self.c,
                  "depth": self.depth, "seed": s["seed"], "root": root, "us": us,
-                 "rollout": self.rollout}
+                 "rollout": self.rollout, "bias": self.bias, "prior": prior or {}}
                 for s in specs]
         timeout = 10.0 + 5 * ms / 1000 + (self.iterations or 0) / 50
         answers = self.pool.run(cmds, timeout)

@@ -8,7 +8,7 @@
 //   ping                         -> {pid}
 //   build  {spec}                -> {state}: the battle built from a spec, summarised
 //   warm   {format}              -> loads the format's data
-//   search {spec, us, root, ms, iterations, c, depth, rollout, seed}
+//   search {spec, us, root, ms, iterations, c, bias, prior, depth, rollout, seed}
 //                                -> {visits, values, opp_visits, iterations, timing}
 //   bench  {spec, ms, depth, advance, fresh} -> clone and step timings
 // (agents/search_sim.js builds, clones and steps the battles.)
@@ -124,6 +124,63 @@ function greedy(battle, i, rng) {
 	return best;
 }
 
+const HEALS = new Set(['recover', 'softboiled', 'rest', 'milkdrink', 'slackoff', 'roost', 'moonlight',
+	'morningsun', 'synthesis', 'wish', 'shoreup', 'strengthsap']);
+
+function wasted(battle, i, choice) {
+	// A move that cannot do anything now: a status move on a Pokémon that already has a
+	// status, or healing at full HP. The simulator would play it out as a failure; pruning it
+	// keeps the search's few iterations on choices that can differ.
+	if (!choice.startsWith('move ')) return false;
+	const side = battle.sides[i];
+	const me = side.active[0];
+	const foe = side.foe.active[0];
+	const move = activeMove(battle, choice.split(' ')[1]);
+	if (HEALS.has(move.id)) return me.hp >= me.maxhp;
+	return !!(move.status && move.category === 'Status' && foe && !foe.fainted && foe.status);
+}
+
+function prune(battle, i, legal) {
+	const kept = legal.filter(choice => !wasted(battle, i, choice));
+	return kept.length ? kept : legal;
+}
+
+function choiceScore(battle, i, choice) {
+	// A quick guess of a choice's worth (the search's prior): a move's expected damage share
+	// (a KO counts double), a status move's worth on a healthy foe, healing by the HP missing;
+	// a voluntary switch is a small constant.
+	const side = battle.sides[i];
+	const me = side.active[0];
+	const foe = side.foe.active[0];
+	if (!foe || foe.fainted || !me || me.fainted) return 0;
+	if (choice.startsWith('switch')) {
+		if (!side.activeRequest || !side.activeRequest.forceSwitch) return 0.05;
+		const mon = side.pokemon[Number(choice.split(' ')[1]) - 1];
+		return 0.5 + damageRate(battle, mon, foe) - damageRate(battle, foe, mon);
+	}
+	const id = choice.split(' ')[1];
+	const move = activeMove(battle, id);
+	if (HEALS.has(move.id)) return 0.8 * (1 - me.hp / me.maxhp);
+	if (move.category === 'Status') return move.status && !foe.status ? 0.3 : 0.1;
+	const rate = moveRate(battle, me, foe, id);
+	return rate >= foe.hp / foe.maxhp ? 2 * rate : rate;
+}
+
+function priorFor(battle, i, legal) {
+	// Softmax of choiceScore over the legal choices.
+	const scores = legal.map(ch => {
+		try {
+			return choiceScore(battle, i, ch);
+		} catch (err) {
+			return 0;
+		}
+	});
+	const top = Math.max(...scores);
+	const weights = scores.map(x => Math.exp((x - top) / PRIOR_TEMPERATURE));
+	const total = weights.reduce((a, b) => a + b, 0);
+	return new Map(legal.map((ch, k) => [ch, weights[k] / total]));
+}
+
 function idleTurns(mon) {
 	if (mon.status === 'frz') return mon.battle.gen === 1 ? 99 : 1;
 	if (mon.status === 'slp') return mon.statusState.time || 1;
@@ -171,37 +228,48 @@ function evaluate(battle) {
 
 // -- decoupled UCT ---------------------------------------------------------------------------
 function newNode() {
-	return {n: 0, stats: [new Map(), new Map()], children: new Map()};
+	return {n: 0, stats: [new Map(), new Map()], prior: [null, null], moments: [{n: 0, w: 0, ww: 0}, {n: 0, w: 0, ww: 0}], children: new Map()};
 }
 
-function select(node, i, legal, c, rng) {
-	// UCB1 on value estimates rescaled to [0, 1] over this node's tried actions, so the
-	// exploration constant does not depend on how far apart the evaluations happen to be.
+const PRIOR_TEMPERATURE = 0.2;
+
+function select(node, i, legal, c, bias, rng, sim) {
+	// UCB1 with the rewards measured in units of their spread at this node (the standard
+	// deviation of every value recorded here for this side): the evaluation's differences
+	// between choices are small and noisy, so a fixed scale would explore almost uniformly
+	// and a min-max rescaling would lock in on the first lucky choice. A prior over the
+	// choices (priorFor, or the root's given one) orders the first tries and adds a
+	// progressive bias, bias * P(a) * sqrt(N) / (1 + n(a)), that fades as visits come in.
 	if (legal.length === 1) return legal[0];
 	const stats = node.stats[i];
+	let prior = node.prior[i];
+	if (!prior) prior = node.prior[i] = priorFor(sim, i, legal);
 	let total = 0;
-	let lo = Infinity;
-	let hi = -Infinity;
-	const fresh = [];
+	let fresh = null;
+	let freshP = -1;
 	for (const a of legal) {
 		const s = stats.get(a);
 		if (!s || !s.n) {
-			fresh.push(a);
-			continue;
+			const p = (prior.get(a) || 0) + 1e-6 * rng();
+			if (p > freshP) {
+				freshP = p;
+				fresh = a;
+			}
+		} else {
+			total += s.n;
 		}
-		total += s.n;
-		const mean = s.w / s.n;
-		if (mean < lo) lo = mean;
-		if (mean > hi) hi = mean;
 	}
-	if (fresh.length) return fresh[Math.floor(rng() * fresh.length)];
+	if (fresh !== null) return fresh;
+	const all = node.moments[i];
+	const mean = all.w / all.n;
+	const sd = Math.sqrt(Math.max(all.ww / all.n - mean * mean, 0)) || 1e-3;
 	const logN = Math.log(total);
-	const span = hi - lo > 1e-9 ? hi - lo : 1;
+	const sqrtN = Math.sqrt(total);
 	let best = legal[0];
 	let bestScore = -Infinity;
 	for (const a of legal) {
 		const s = stats.get(a);
-		const score = (s.w / s.n - lo) / span + c * Math.sqrt(logN / s.n);
+		const score = s.w / s.n / sd + c * Math.sqrt(logN / s.n) + bias * (prior.get(a) || 0) * sqrtN / (1 + s.n);
 		if (score > bestScore) {
 			bestScore = score;
 			best = a;
@@ -215,6 +283,10 @@ function record(node, i, action, value) {
 	if (!s) node.stats[i].set(action, s = {n: 0, w: 0});
 	s.n++;
 	s.w += value;
+	const m = node.moments[i];
+	m.n++;
+	m.w += value;
+	m.ww += value * value;
 }
 
 function search(cmd) {
@@ -225,13 +297,21 @@ function search(cmd) {
 	const rootChoices = choicesFor(battle, us);
 	let allowed = (cmd.root || []).filter(ch => rootChoices.includes(ch));
 	if (!allowed.length) allowed = cmd.root && cmd.root.length ? cmd.root : rootChoices;
+	allowed = prune(battle, us, allowed);
 	const rng = makeRng((cmd.seed || 1) * 2654435761);
-	const c = cmd.c === undefined ? 0.7 : cmd.c;
+	const c = cmd.c === undefined ? 1.5 : cmd.c;
 	const maxDepth = cmd.depth || 8;
 	const rollout = cmd.rollout || 0; // greedy turns played past the tree before evaluating
 	const deadline = t0 + BigInt(Math.round((cmd.ms || 100) * 1e6));
 	const maxIter = cmd.iterations || Infinity;
+	const bias = cmd.bias === undefined ? 2 : cmd.bias;
 	const tree = newNode();
+	if (cmd.prior && Object.keys(cmd.prior).length) {
+		// Our root prior from the caller (the player's own heuristic), over the allowed choices.
+		const given = allowed.map(ch => Math.max(cmd.prior[ch] || 0, 0.02));
+		const sum = given.reduce((x, y) => x + y, 0);
+		tree.prior[us] = new Map(allowed.map((ch, k) => [ch, given[k] / sum]));
+	}
 	const timing = {build_ms: Number(process.hrtime.bigint() - t0) / 1e6, clone_ms: 0, step_ms: 0, eval_ms: 0};
 	let iterations = 0;
 	let steps = 0;
@@ -248,9 +328,9 @@ function search(cmd) {
 		let node = tree;
 		try {
 			for (let depth = 0; depth < maxDepth && !sim.ended; depth++) {
-				const legal = [choicesFor(sim, 0), choicesFor(sim, 1)];
+				const legal = [prune(sim, 0, choicesFor(sim, 0)), prune(sim, 1, choicesFor(sim, 1))];
 				if (depth === 0) legal[us] = allowed;
-				const a = [select(node, 0, legal[0], c, rng), select(node, 1, legal[1], c, rng)];
+				const a = [select(node, 0, legal[0], c, bias, rng, sim), select(node, 1, legal[1], c, bias, rng, sim)];
 				const ok = step(sim, a[0], a[1]);
 				if (!ok[0] || !ok[1]) rejected++;
 				if (depth === 0 && !ok[us] && allowed.length > 1) {

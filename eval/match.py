@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -113,7 +114,10 @@ class Match:
         self.shard_size = shard_size
         self._token = secrets.token_hex(4)
         self._agent_of_name: dict[str, str] = {}  # account name -> 'p1' | 'p2' (the agent, not the side)
-        self._consumed: list[Path] = []
+        self._consumed: list[Path] = []  # recorded, deleted once their shard is written
+        # (name, inode) of files already recorded or found to be another match's: a restarted
+        # server numbers its rooms from 1 again, so a name alone may come back.
+        self._seen: set[tuple[str, int]] = set()
         self._samplers = None
 
     # -- players ----------------------------------------------------------------
@@ -144,14 +148,20 @@ class Match:
     def _collect(self, writer: BattleLogWriter, result: MatchResult) -> int:
         """Move this match's finished battles from the server's folder into the writer."""
         new = 0
-        for path in sorted(self.server.battle_dir.glob("*.json")):
-            if path in self._consumed or result.battles >= self.n:
-                continue
+        # Polled several times a second: list names only, and read each file once.
+        with os.scandir(self.server.battle_dir) as entries:
+            files = sorted((e.name, e.inode()) for e in entries
+                           if e.name.endswith(".json") and (e.name, e.inode()) not in self._seen)
+        for name, inode in files:
+            if result.battles >= self.n:
+                break
+            path = self.server.battle_dir / name
             try:
                 data = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # renamed into place atomically; a failure here is another reader's file
-            roles = [self._agent_of_name.get(name) for name in data.get("players", [])]
+            roles = [self._agent_of_name.get(player) for player in data.get("players", [])]
+            self._seen.add((name, inode))
             if None in roles:
                 continue  # another match on a shared server
             specs = {side: (self.p1_spec if role == "p1" else self.p2_spec) for side, role in zip(("p1", "p2"), roles)}
@@ -246,6 +256,7 @@ class Match:
                             f"recorded in {self.out_dir}. Server output:\n{self.server.output_tail()}"
                         )
                     result.restarts += 1
+                    self._flush(writer, result)  # before the new server reuses room names
                     if not self.server.ensure_running():
                         self.server.restart()  # alive but stalled
         result.seconds = time.monotonic() - start
