@@ -82,7 +82,8 @@ class Mon:
 class Side:
     """One player's side: its Pokémon by nickname, the active one, side conditions."""
 
-    __slots__ = ("id", "name", "mons", "active", "conditions", "team_size", "tera_used", "preview", "view_cache")
+    __slots__ = ("id", "name", "mons", "active", "conditions", "team_size", "tera_used", "preview", "view_cache",
+                 "own_views")
 
     def __init__(self, side_id: str):
         self.id, self.name = side_id, ""
@@ -93,6 +94,7 @@ class Side:
         self.tera_used = False
         self.preview: list[Mon] = []  # team-preview placeholders not yet matched to a nickname
         self.view_cache: tuple | None = None  # (key, SideView) of battles/view.py
+        self.own_views: dict = {}  # a player's own PokemonViews by request entry, battles/view.py
 
 
 class BattleState:

@@ -236,6 +236,37 @@ def live_state(battle) -> BattleState:
     return state
 
 
+def _own_mon(gen: int, entry: dict, own_side, percent: bool) -> PokemonView:
+    """One of our Pokémon from its request entry and the tracker; reused while neither changed
+    (most of a team is the same from one decision to the next)."""
+    _, name = parse_ident(entry["ident"])
+    tracked = own_side.mons.get(name)
+    key = (gen, percent, entry["ident"], entry["details"], entry["condition"], entry.get("active"),
+           tuple(entry.get("moves", ())), entry.get("item", ""), entry.get("baseAbility", ""),
+           entry.get("teraType"), id(tracked), tracked.version if tracked is not None else -1)
+    memo = own_side.own_views
+    hit = memo.get(key)
+    if hit is not None and hit[0] is tracked:  # (the same Mon, not a new one at a reused id)
+        return hit[1]
+    species_name, level, _ = parse_details(entry["details"])
+    species = to_id(species_name)
+    hp, status = parse_condition(entry["condition"], percent)
+    tera = to_id(entry.get("teraType") or "")
+    item, ability, tera = _gen_blank(gen, to_id(entry.get("item", "")), to_id(entry.get("baseAbility", "")), tera)
+    view = PokemonView(
+        name=name, species=species, level=level, hp=hp, status=status,
+        active=bool(entry.get("active")), revealed=tracked is not None and tracked.revealed,
+        moves=_pad_moves([norm_move(m) for m in entry.get("moves", [])], True),
+        item=item, ability=ability, tera_type=tera,
+        terastallized=tracked is not None and tracked.terastallized,
+        boosts=_boosts(tracked), volatiles=_volatiles(tracked), types=_types(gen, tracked, species),
+    )
+    if len(memo) > 64:  # old entries (past HP, past moves) are never asked for again
+        memo.clear()
+    memo[key] = (tracked, view)
+    return view
+
+
 def view_from_battle(battle) -> BattleView:
     """The view of the player owning this live poke-env Battle, at its current request."""
     request = battle.last_request or {}
@@ -248,26 +279,15 @@ def view_from_battle(battle) -> BattleView:
     state = live_state(battle)
     gen, side = battle.gen, request["side"]["id"]
     own_side = state.sides[side]
-    mons = []
-    for entry in request["side"]["pokemon"]:
-        _, name = parse_ident(entry["ident"])
-        species_name, level, _ = parse_details(entry["details"])
-        species = to_id(species_name)
-        hp, status = parse_condition(entry["condition"], state.percent)
-        tracked = own_side.mons.get(name)
-        tera = to_id(entry.get("teraType") or "")
-        item, ability, tera = _gen_blank(gen, to_id(entry.get("item", "")), to_id(entry.get("baseAbility", "")), tera)
-        mons.append(
-            PokemonView(
-                name=name, species=species, level=level, hp=hp, status=status,
-                active=bool(entry.get("active")), revealed=tracked is not None and tracked.revealed,
-                moves=_pad_moves([norm_move(m) for m in entry.get("moves", [])], True),
-                item=item, ability=ability, tera_type=tera,
-                terastallized=tracked is not None and tracked.terastallized,
-                boosts=_boosts(tracked), volatiles=_volatiles(tracked), types=_types(gen, tracked, species),
-            )
-        )
-    own = SideView(_side_order(gen, mons), _conditions(state, side), len(mons), own_side.tera_used)
+    mons = [_own_mon(gen, entry, own_side, state.percent) for entry in request["side"]["pokemon"]]
+    # The side itself, while none of it changed (a cached SideView keeps its Pokémon alive, so
+    # their ids in the key cannot be reused).
+    key = (tuple(map(id, mons)), tuple(own_side.conditions.items()), own_side.tera_used)
+    hit = own_side.own_views.get(key)
+    if hit is None:
+        hit = own_side.own_views[key] = (None, SideView(_side_order(gen, mons), _conditions(state, side), len(mons),
+                                                        own_side.tera_used))
+    own = hit[1]
     view = BattleView(
         gen=gen, format=battle.format or "", side=side, turn=state.turn, own=own,
         opp=_opp_side(state, side), weather=state.weather, fields=tuple(sorted(state.fields)),
