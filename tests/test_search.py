@@ -177,10 +177,11 @@ def test_search_skips_wasted_choices_and_follows_its_prior():
                              "root": root}, timeout=60)
         assert set(plain["visits"]) == {"move icebeam", "move thunderbolt", "switch 2"}, plain["visits"]
         assert plain["opp_visits"].get("move softboiled", 0) == 0  # pruned for the foe as well (full HP)
-        # A strong prior on one choice draws the search's visits to it.
-        led = worker.call({"cmd": "search", "spec": spec, "iterations": 200, "ms": 5000, "us": "p1", "root": root,
-                           "prior": {"switch 2": 1.0}, "bias": 20}, timeout=60)
-        assert led["visits"]["switch 2"] > 100 > plain["visits"]["switch 2"], (led["visits"], plain["visits"])
+        # A strong prior draws the search's visits to its choice, whichever choice that is.
+        for favourite in ("switch 2", "move icebeam"):
+            led = worker.call({"cmd": "search", "spec": spec, "iterations": 200, "ms": 5000, "us": "p1", "root": root,
+                               "prior": {favourite: 1.0}, "bias": 20}, timeout=60)
+            assert led["visits"][favourite] > 0.6 * 200, (favourite, led["visits"])
     finally:
         worker.close()
 
