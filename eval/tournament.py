@@ -205,6 +205,7 @@ class Tournament:
         self._rows: list[dict] = []
         self._records: list[BattleRecord] = []
         self._flush_lock = asyncio.Lock()
+        self._writing: asyncio.Future | None = None  # the shard write under way, if any
         self._last_flush = time.monotonic()
         self._bar = tqdm(total=len(todo), desc="tournament", disable=not self.progress)
         slots: list[_Slot] = []
@@ -548,10 +549,17 @@ class Tournament:
 
     async def _flush(self) -> None:
         async with self._flush_lock:
+            # A write whose flush was cancelled (the flusher, at the end of a run) goes on in its
+            # thread: let it finish first, or two writes would pick the same next shard name.
+            if self._writing is not None:
+                writing, self._writing = self._writing, None
+                await writing
             rows, records = self._rows, self._records
             self._rows, self._records = [], []
             if rows:
-                await asyncio.to_thread(self._write, rows, records)
+                self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, rows, records))
+                await asyncio.shield(self._writing)
+                self._writing = None
             self._last_flush = time.monotonic()
 
     def _write(self, rows: list[dict], records: list[BattleRecord]) -> None:

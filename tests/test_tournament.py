@@ -373,3 +373,31 @@ def test_a_slow_agent_is_not_a_stalled_battle(tmp_path, showdown, monkeypatch):
     rows = read_results(tmp_path)
     assert summary.errors == 0 and summary.played == 4, [r["error"] for r in rows]
     assert max(r["seconds"] for r in rows) > 2  # longer than the timeout, yet never abandoned
+
+
+def test_a_cancelled_flush_finishes_its_write_before_the_next_one(tmp_path):
+    """The run's last flush must not write while the cancelled flusher's write goes on in its thread."""
+    t = Tournament(config(tmp_path))
+    active, order = [], []
+
+    def slow_write(rows, records):
+        active.append(1)
+        assert len(active) == 1, "two shard writes at once"
+        time.sleep(0.3)
+        order.append(rows[0]["n"])
+        active.pop()
+
+    t._write = slow_write
+
+    async def run():
+        t._flush_lock, t._writing, t._last_flush = asyncio.Lock(), None, 0.0
+        t._rows, t._records = [{"n": 1}], []
+        first = asyncio.create_task(t._flush())
+        await asyncio.sleep(0.05)
+        first.cancel()  # as the run's end cancels the flusher mid-write
+        await asyncio.gather(first, return_exceptions=True)
+        t._rows = [{"n": 2}]
+        await t._flush()
+
+    asyncio.run(run())
+    assert order == [1, 2]
