@@ -534,9 +534,7 @@ class SearchPlayer(TacticianPlayer):
             order = next(iter(orders.values()), None) or self.choose_default_move()
             self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
         else:
-            specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
-            shares, info = await asyncio.to_thread(self._search, specs, list(orders),
-                                                   battle.last_request["side"]["id"], self._prior(battle, orders))
+            shares, info = await asyncio.to_thread(self._search, *self._search_args(battle, orders))
             order = self._decide(battle, orders, shares, info)
         if self.label_writer is not None:
             self.label_writer.record(battle, self.last_policy, order_to_index(order, battle, view_from_battle(battle)))
@@ -548,10 +546,14 @@ class SearchPlayer(TacticianPlayer):
         if len(orders) <= 1:  # forced: nothing to search
             self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
             return self.last_policy.copy()
-        specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
-        shares, info = self._search(specs, list(orders), battle.last_request["side"]["id"], self._prior(battle, orders))
+        shares, info = self._search(*self._search_args(battle, orders))
         self._decide(battle, orders, shares, info)
         return self.last_policy.copy()
+
+    def _search_args(self, battle: Battle, orders: dict) -> tuple:
+        """What `_search` needs for this decision: the sampled guesses, root choices, our side, prior."""
+        specs = [battle_spec(battle, self._rng) for _ in range(self.samples)]
+        return specs, list(orders), battle.last_request["side"]["id"], self._prior(battle, orders)
 
     def _prior(self, battle: Battle, orders: dict) -> dict[str, float]:
         """The root prior: half on the tactician heuristic's choice, half spread evenly."""

@@ -96,6 +96,12 @@ function damageRate(battle, att, dfd) {
 	return best * (att.status === 'par' ? 0.75 : 1);
 }
 
+function switchTrade(battle, side, choice, foe) {
+	// The damage trade of the Pokémon a switch choice brings in against the foe.
+	const mon = side.pokemon[Number(choice.split(' ')[1]) - 1];
+	return damageRate(battle, mon, foe) - damageRate(battle, foe, mon);
+}
+
 function greedy(battle, i, rng) {
 	// The rollout policy: mostly the most damaging move, sometimes anything legal; forced
 	// switches bring in the Pokémon with the best damage trade against the foe.
@@ -111,8 +117,7 @@ function greedy(battle, i, rng) {
 		let score;
 		if (choice.startsWith('switch')) {
 			if (!side.activeRequest.forceSwitch) continue;
-			const mon = side.pokemon[Number(choice.split(' ')[1]) - 1];
-			score = damageRate(battle, mon, foe) - damageRate(battle, foe, mon);
+			score = switchTrade(battle, side, choice, foe);
 		} else {
 			score = moveRate(battle, me, foe, choice.split(' ')[1]);
 		}
@@ -155,8 +160,7 @@ function choiceScore(battle, i, choice) {
 	if (!foe || foe.fainted || !me || me.fainted) return 0;
 	if (choice.startsWith('switch')) {
 		if (!side.activeRequest || !side.activeRequest.forceSwitch) return 0.05;
-		const mon = side.pokemon[Number(choice.split(' ')[1]) - 1];
-		return 0.5 + damageRate(battle, mon, foe) - damageRate(battle, foe, mon);
+		return 0.5 + switchTrade(battle, side, choice, foe);
 	}
 	const id = choice.split(' ')[1];
 	const move = activeMove(battle, id);

@@ -25,7 +25,8 @@ battles end, so a kill loses only the battles in flight):
   3 label     the recorded labels written into those trajectories as teacher probabilities
               (agents.search_labels.attach_labels), sharpened by `label_temperature` (a short
               search's visit shares are close to uniform); a trajectory whose labels do not
-              match it exactly is counted and left out, never guessed.
+              match it (room, side, decision count, 90% of the actions) is counted and left
+              out, never guessed; a single decision whose actions differ gets no label.
   4 train     the parent's weights on the labelled trajectories, sampling the sources by
               `sources` weights ({student: w, expert: w}), each step exactly
               `decisions_per_step` decisions of
