@@ -95,6 +95,13 @@ def test_default_config_has_every_registered_heuristic_and_the_search_bot():
     assert cfg.agents["s1"] == "tactician" and cfg.formats == ["gen1ou"]
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "eval" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_names_known_agents(path):
+    cfg = load_config(path)
+    assert len(cfg.agents) >= 2 and all(registry.parse_spec(spec) for spec in cfg.agents.values())
+    assert cfg.battles_per_pair % 4 == 0
+
+
 # -- the plan -------------------------------------------------------------------------
 
 
