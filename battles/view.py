@@ -280,14 +280,13 @@ def view_from_battle(battle) -> BattleView:
     gen, side = battle.gen, request["side"]["id"]
     own_side = state.sides[side]
     mons = [_own_mon(gen, entry, own_side, state.percent) for entry in request["side"]["pokemon"]]
-    # The side itself, while none of it changed (a cached SideView keeps its Pokémon alive, so
-    # their ids in the key cannot be reused).
+    # The side itself, reused while none of it changed, as _opp_side does (the cached SideView
+    # keeps its Pokémon alive, so their ids in the key cannot be reused).
     key = (tuple(map(id, mons)), tuple(own_side.conditions.items()), own_side.tera_used)
-    hit = own_side.own_views.get(key)
-    if hit is None:
-        hit = own_side.own_views[key] = (None, SideView(_side_order(gen, mons), _conditions(state, side), len(mons),
-                                                        own_side.tera_used))
-    own = hit[1]
+    if own_side.view_cache is None or own_side.view_cache[0] != key:
+        own_side.view_cache = (key, SideView(_side_order(gen, mons), _conditions(state, side), len(mons),
+                                             own_side.tera_used))
+    own = own_side.view_cache[1]
     view = BattleView(
         gen=gen, format=battle.format or "", side=side, turn=state.turn, own=own,
         opp=_opp_side(state, side), weather=state.weather, fields=tuple(sorted(state.fields)),
