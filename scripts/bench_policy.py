@@ -9,8 +9,9 @@
    side on the same server in gen1ou.
 Targets: p99 under 15 ms per decision for small; the policy's battles/s at least 0.7 of
 the heuristic's. Also printed: the same ratio per turn played, since a policy whose
-battles run longer plays more decisions per battle, and Python's CPU per battle in each row
-(the players share one event loop; Node's simulator processes are not counted).
+battles run longer plays more decisions per battle; and in each row Python's CPU per battle
+(the players share one event loop) and the whole machine's CPU per battle and per turn
+(Python, the server and its simulator processes), with the share of the cores kept busy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from battles.encode import ObservationEncoder
@@ -88,6 +90,13 @@ def latency(preset: str, battles: int = 3, length: int = 100) -> dict:
             "recompute_p50_ms": ms(full, 50), "recompute_p99_ms": ms(full, 99)}
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, over all cores."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), idle
+
+
 def battles_ratio(checkpoint: str, n: int) -> dict:
     out = tempfile.mkdtemp(prefix="qabra-bench-policy-")
     rows = {}
@@ -96,13 +105,20 @@ def battles_ratio(checkpoint: str, n: int) -> dict:
               concurrency=16, server=server, progress=False).run()  # warm the server up
         for name, spec in (("heuristic", "heuristic"), ("policy", f"policy:{checkpoint}"),
                            ("heuristic_again", "heuristic")):
-            t0, cpu0 = time.monotonic(), time.process_time()
+            t0, cpu0, machine0 = time.monotonic(), time.process_time(), machine_cpu()
             result = Match(spec, "maxbp", battle_format="gen1ou", team_set="competitive", n=n, out_dir=out,
                            concurrency=16, server=server, progress=False).run()
             wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            busy, idle = (after - before for after, before in zip(machine_cpu(), machine0))
+            turns = result.summary()["mean_turns"]
             # Python's CPU (both players, every thread) per battle: where a slower agent costs.
-            rows[name] = {"battles_per_s": round(result.battles / wall, 2), "mean_turns": result.summary()["mean_turns"],
+            # The machine's (every process: Python, the server, its simulator processes) per
+            # battle and per turn, and how busy the machine was: the cores are the limit.
+            rows[name] = {"battles_per_s": round(result.battles / wall, 2), "mean_turns": turns,
                           "python_cpu_ms_per_battle": round(1000 * cpu / result.battles, 1),
+                          "machine_cpu_ms_per_battle": round(1000 * busy / result.battles, 1),
+                          "machine_cpu_ms_per_turn": round(1000 * busy / result.battles / turns, 2),
+                          "machine_busy_share": round(busy / (busy + idle), 2),
                           "winrate_vs_maxbp": result.summary()["p1_winrate"]}
     heuristic = (rows["heuristic"]["battles_per_s"] + rows["heuristic_again"]["battles_per_s"]) / 2
     rows["ratio_policy_to_heuristic"] = round(rows["policy"]["battles_per_s"] / heuristic, 3)
