@@ -111,14 +111,15 @@ AGENTS: dict[str, AgentKind] = {
     "policy": AgentKind(
         _policy,
         ("path", "temperature", "greedy", "seed", "device", "threads", "labels", "label_ms", "label_samples",
-         "label_seed"),
+         "label_seed", "label_min_visits"),
         "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]; with "
         "labels=DIR[,label_ms=100] a search bot labels every position it faces (agents/search_labels.py)",
         required=("path",),
     ),
     "search": AgentKind(
         _search,
-        ("ms", "samples", "iterations", "workers", "c", "bias", "depth", "rollout", "seed", "labels"),
+        ("ms", "samples", "iterations", "workers", "c", "bias", "depth", "rollout", "seed", "labels",
+         "label_min_visits"),
         "decoupled UCT over Showdown's own simulator on sampled opponent sets: "
         "search:ms=1000[,samples=2,workers=N,iterations=N,c=1.5,bias=2,depth=8,rollout=2,labels=DIR]",
     ),

@@ -21,12 +21,13 @@ choice's expected damage.
 
     player = make_player("search:ms=1000,samples=2", battle_format="gen1ou", ...)
     player.last_policy          # the last decision's visit shares over the 13 action slots
-    player.search_policy(battle)  # search a decision now (blocking), for teacher labels
+    player.search_policy(battle)  # search a decision now (blocking): (shares, simulations per choice)
 
 Params: ms (time per decision), samples (guesses), workers (Node processes; default one per
 core, at most `samples`), iterations (cap per guess, 0 = none), c (exploration, in units of
 the rewards' spread), bias (weight of the prior; 0 = none), depth (tree depth cap), rollout
-(greedy turns past the tree), seed. A worker that dies is restarted and
+(greedy turns past the tree), seed; with labels=DIR, label_min_visits (see
+agents/search_labels.py). A worker that dies is restarted and
 that decision falls back to the tactician heuristic (agents.heuristics), logged. The order
 sent is always one the request allows: root choices come from the real request and are
 mapped to poke-env orders before the search starts.
@@ -68,6 +69,9 @@ SIM_VOLATILES = frozenset({
     "curse", "perish1", "perish2", "perish3", "torment", "healblock", "saltcure", "mist",
 })
 LOCK_EXEMPT = frozenset({"recharge", "struggle", "fight"})
+# A label needs at least this many simulations per root choice: below it the visit shares are
+# the search's first tries (every choice a few times), close to uniform (agents/search_labels.py).
+MIN_VISITS = 10.0
 
 
 class WorkerError(RuntimeError):
@@ -497,12 +501,12 @@ class SearchPlayer(TacticianPlayer):
 
     def __init__(self, *, ms: int = 1000, samples: int = 2, iterations: int = 0, workers: int = 0,
                  c: float = 1.5, bias: float = 2.0, depth: int = 8, rollout: int = 2, seed: int | None = None,
-                 labels: str | None = None, **player_kwargs):
+                 labels: str | None = None, label_min_visits: float = MIN_VISITS, **player_kwargs):
         for key, value, low in (("ms", ms, 1), ("samples", samples, 1), ("workers", workers, 0),
                                 ("iterations", iterations, 0), ("depth", depth, 1), ("rollout", rollout, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"search param {key}={value!r} must be an integer >= {low}")
-        for key, value in (("c", c), ("bias", bias)):
+        for key, value in (("c", c), ("bias", bias), ("label_min_visits", label_min_visits)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"search param {key}={value!r} must be a number >= 0")
         self.ms, self.samples, self.iterations = ms, samples, iterations
@@ -522,7 +526,7 @@ class SearchPlayer(TacticianPlayer):
         if labels:  # expert demonstrations: its own visit shares at every decision
             from agents.search_labels import LabelWriter
 
-            self.label_writer = LabelWriter(labels, f"search:ms={ms},samples={samples}")
+            self.label_writer = LabelWriter(labels, f"search:ms={ms},samples={samples}", label_min_visits)
         super().__init__(**player_kwargs)
 
     async def choose_move(self, battle):
@@ -530,25 +534,28 @@ class SearchPlayer(TacticianPlayer):
         if not isinstance(battle, Battle) or not battle.last_request.get("side"):
             return self.choose_random_move(battle)
         orders = root_orders(battle, self)
+        visits = math.inf
         if len(orders) <= 1:  # forced: nothing to search
             order = next(iter(orders.values()), None) or self.choose_default_move()
             self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
         else:
             shares, info = await asyncio.to_thread(self._search, *self._search_args(battle, orders))
-            order = self._decide(battle, orders, shares, info)
+            order, visits = self._decide(battle, orders, shares, info)
         if self.label_writer is not None:
-            self.label_writer.record(battle, self.last_policy, order_to_index(order, battle, view_from_battle(battle)))
+            self.label_writer.record(battle, self.last_policy, order_to_index(order, battle, view_from_battle(battle)),
+                                     visits)
         return order
 
-    def search_policy(self, battle: Battle) -> np.ndarray:
-        """Search this battle's current decision (blocking); visit shares over the 13 slots."""
+    def search_policy(self, battle: Battle) -> tuple[np.ndarray, float]:
+        """Search this battle's current decision (blocking): its visit shares over the 13 slots,
+        and the simulations per root choice behind them (inf when forced: nothing to search).
+        Safe to call for several battles at once from threads."""
         orders = root_orders(battle, self)
         if len(orders) <= 1:  # forced: nothing to search
-            self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders)
-            return self.last_policy.copy()
+            return self._set_policy(battle, {next(iter(orders), ""): 1.0} if orders else {}, orders).copy(), math.inf
         shares, info = self._search(*self._search_args(battle, orders))
-        self._decide(battle, orders, shares, info)
-        return self.last_policy.copy()
+        _, visits = self._decide(battle, orders, shares, info)
+        return self.policies[battle.battle_tag].copy(), visits
 
     def _search_args(self, battle: Battle, orders: dict) -> tuple:
         """What `_search` needs for this decision: the sampled guesses, root choices, our side, prior."""
@@ -598,7 +605,8 @@ class SearchPlayer(TacticianPlayer):
                 "errors": [str(a) for a in answers if not isinstance(a, dict)]}
         return shares, info
 
-    def _decide(self, battle: Battle, orders: dict, shares: dict[str, float], info: dict):
+    def _decide(self, battle: Battle, orders: dict, shares: dict[str, float], info: dict) -> tuple[object, float]:
+        """The order to play and the simulations per root choice behind it (0 for a fallback)."""
         self.decisions += 1
         self.last_info = info
         if not shares or not any(shares.values()):
@@ -608,12 +616,12 @@ class SearchPlayer(TacticianPlayer):
             order = TacticianPlayer.choose_move(self, battle)
             key = next((k for k, o in orders.items() if str(o) == str(order)), "")
             self._set_policy(battle, {key: 1.0} if key else {}, orders)
-            return order
+            return order, 0.0
         best = max(shares, key=lambda ch: (shares[ch], ch.startswith("move")))
         self._set_policy(battle, shares, orders)
-        return orders[best]
+        return orders[best], info.get("iterations", 0) / len(orders)
 
-    def _set_policy(self, battle: Battle, shares: dict[str, float], orders: dict) -> None:
+    def _set_policy(self, battle: Battle, shares: dict[str, float], orders: dict) -> np.ndarray:
         """The visit distribution over the 13 action slots (battles.actions)."""
         policy = np.zeros(N_ACTIONS, dtype=np.float32)
         try:
@@ -633,6 +641,7 @@ class SearchPlayer(TacticianPlayer):
         total = policy.sum()
         self.last_policy = policy / total if total > 0 else policy
         self.policies[battle.battle_tag] = self.last_policy
+        return self.last_policy
 
     def simulated_states(self, battle: Battle, samples: int = 1) -> list[dict]:
         """The battle as the worker builds it for `samples` guesses (for inspection and tests)."""

@@ -24,7 +24,9 @@ battles end, so a kill loses only the battles in flight):
               search bot's into expert/.
   3 label     the recorded labels written into those trajectories as teacher probabilities
               (agents.search_labels.attach_labels), sharpened by `label_temperature` (a short
-              search's visit shares are close to uniform); a trajectory whose labels do not
+              search's visit shares are close to uniform; a decision searched with fewer than
+              `label_min_visits` simulations per root choice has no label at all, and the
+              count says to raise `label_ms`); a trajectory whose labels do not
               match it (room, side, decision count, 90% of the actions) is counted and left
               out, never guessed; a single decision whose actions differ gets no label.
   4 train     the parent's weights on the labelled trajectories, sampling the sources by
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.registry import parse_spec
+from agents.search import MIN_VISITS
 from agents.search_labels import attach_labels
 from battles.build import build
 from battles.encode import ObservationEncoder
@@ -90,9 +93,10 @@ class SearchStageConfig:
     stage: str = "stage3"
     parent: str = "runs/stage2"  # the best promoted model so far: checkpoint or run folder (its output)
     search: str = "search:ms=300"  # the search bot as opponent and expert (any search:... spec)
-    label_ms: int = 100  # search time per labelled student position
+    label_ms: int = 300  # search time per labelled student position
     label_samples: int = 1  # opponent guesses per labelled position
     label_temperature: float = 0.25  # visit shares ** (1/T): a short search's shares are near uniform
+    label_min_visits: float = MIN_VISITS  # a decision searched less (simulations per root choice) gets no label
     format: str = "gen1ou"
     team_set: str = "competitive"
     battles: int = 300
@@ -123,6 +127,9 @@ class SearchStageConfig:
             raise ValueError(f"search={self.search!r}: leave labels out; the stage records them in its run folder")
         if self.label_ms < 1 or self.label_samples < 1:
             raise ValueError(f"label_ms={self.label_ms}, label_samples={self.label_samples}: must be at least 1")
+        if isinstance(self.label_min_visits, bool) or not isinstance(self.label_min_visits, int | float) or \
+                not self.label_min_visits >= 0:
+            raise ValueError(f"label_min_visits={self.label_min_visits!r}: must be a number >= 0 (0 keeps every label)")
         if not self.label_temperature > 0:
             raise ValueError(f"label_temperature={self.label_temperature}: must be > 0 (1 keeps the visit shares)")
         if set(self.sources) - set(SOURCES) or any(not w >= 0 for w in self.sources.values()) or \
@@ -142,7 +149,9 @@ class SearchStageConfig:
 
     def _opponents(self, labels: Path | None) -> dict[str, float]:
         """The pool with `search` resolved (recording its own labels under `labels` when given)."""
-        bot = f"{self.search},labels={labels}" if labels is not None else self.search
+        bot = self.search
+        if labels is not None:
+            bot += f",labels={labels},label_min_visits={self.label_min_visits:g}"
         return {(bot if s == SEARCH else s): w for s, w in self.opponents.items()}
 
 
@@ -160,7 +169,8 @@ def student_params(cfg: SearchStageConfig, rundir: Path) -> str:
     folder = rundir / "labels" / "student"
     if "," in str(folder):
         raise ValueError(f"run_dir {rundir} contains a comma, which agent specs cannot hold; choose another")
-    return f"labels={folder},label_ms={cfg.label_ms},label_samples={cfg.label_samples},label_seed={cfg.seed}"
+    return (f"labels={folder},label_ms={cfg.label_ms},label_samples={cfg.label_samples},label_seed={cfg.seed},"
+            f"label_min_visits={cfg.label_min_visits:g}")
 
 
 def is_search(spec: str | None) -> bool:

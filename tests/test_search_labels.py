@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from agents.search_labels import attach_labels, read_labels
+from agents.search_labels import LabelWriter, attach_labels, read_labels
 from battles.build import build
 from battles.encode import ObservationEncoder
 from battles.trajectories import list_shards, read_trajectories
@@ -32,7 +32,9 @@ def checkpoint(tmp_path_factory):
 def test_labels_from_real_battles_attach_to_both_sides(tmp_path, showdown, checkpoint):
     logging.getLogger("agents.search").setLevel(logging.ERROR)
     student, expert = tmp_path / "student-labels", tmp_path / "expert-labels"
-    result = Match(f"policy:{checkpoint},labels={student},label_ms=20,label_samples=1", f"search:ms=20,samples=1,labels={expert}",
+    # 20 ms searches are too short for real labels: label_min_visits=0 keeps them all here.
+    result = Match(f"policy:{checkpoint},labels={student},label_ms=20,label_samples=1,label_min_visits=0",
+                   f"search:ms=20,samples=1,labels={expert},label_min_visits=0",
                    battle_format="gen1ou", team_set="competitive", n=2, out_dir=tmp_path / "battles", concurrency=2,
                    server=showdown, progress=False).run()
     assert result.battles == 2 and result.errors == 0
@@ -102,3 +104,37 @@ def test_labels_are_sharpened_and_renormalised_over_the_logs_legal_actions():
     many = types.SimpleNamespace(action=np.zeros(20, int), legal=np.repeat(legal[:1], 20, axis=0))
     probs, why = match_labels(many, {"labels": [shares] * 20, "actions": [0] * 19 + [1]})
     assert why == "" and probs[19].sum() == 0 and np.allclose(probs[:19].sum(axis=1), 1.0)
+
+
+def test_a_shallow_search_writes_no_label(tmp_path):
+    from types import SimpleNamespace
+
+    writer = LabelWriter(tmp_path, "search:ms=50,samples=1", min_visits=10)
+    battle = SimpleNamespace(battle_tag="battle-gen1ou-7", player_role="p1")
+    shares = np.eye(13, dtype=np.float32)[2]
+    writer.record(battle, shares, 2, visits=4.5)  # 41 simulations over 9 choices: no label
+    writer.record(battle, shares, 2, visits=12.0)
+    writer.record(battle, shares, 2)  # forced: nothing was searched, the label is exact
+    entry = json.loads(writer.finish(battle, "student").read_text())
+    assert entry["shallow"] == 1
+    assert [sum(row) for row in entry["labels"]] == [0, 1, 1] and entry["actions"] == [2, 2, 2]
+    for bad in (-1, "10", True):
+        with pytest.raises(ValueError, match="label_min_visits"):
+            LabelWriter(tmp_path, "x", min_visits=bad)
+
+
+def test_labels_below_the_search_depth_floor_are_left_out(tmp_path, showdown, checkpoint):
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    labels = tmp_path / "labels"
+    Match(f"policy:{checkpoint},labels={labels},label_ms=5,label_samples=1,label_min_visits=1000", "maxbp",
+          battle_format="gen1ou", team_set="competitive", n=1, out_dir=tmp_path / "battles", concurrency=1,
+          server=showdown, progress=False).run()
+    (entry,) = read_labels(labels).values()
+    mass = np.asarray(entry["labels"]).sum(axis=1)
+    # Every searched decision fell short of 1000 simulations per choice: no label, counted;
+    # only forced decisions (nothing to search) keep theirs.
+    assert entry["shallow"] > 0 and entry["shallow"] + (mass > 0).sum() == len(mass)
+    assert np.allclose(np.asarray(entry["labels"])[mass > 0].max(axis=1), 1.0)
+    build([tmp_path / "battles"], tmp_path / "traj")
+    counts = attach_labels(tmp_path / "traj", labels)
+    assert counts["labelled"] == 1 and counts["shallow_decisions"] == entry["shallow"]

@@ -38,7 +38,7 @@ def test_config_errors_name_the_key(tmp_path):
     assert play.opponents == {"maxbp": 1.0}
     cfg = load_config(stage3.SearchStageConfig, SMOKE)
     assert stage3.play_config(cfg, tmp_path).opponents == {
-        f"search:ms=20,samples=1,labels={tmp_path / 'labels' / 'expert'}": 0.5, "maxbp": 0.5}
+        f"search:ms=20,samples=1,labels={tmp_path / 'labels' / 'expert'},label_min_visits=0": 0.5, "maxbp": 0.5}
     assert stage3.pool_config(cfg).opponents == {"search:ms=20,samples=1": 0.5, "maxbp": 0.5}
 
 
