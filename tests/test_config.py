@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from curriculum.config import load_config, save_config
@@ -31,3 +33,25 @@ def test_errors_name_the_key():
         load_config(PretrainConfig, None, ["trainer.nope=1"])
     with pytest.raises(ValueError, match="'window' must be int"):
         load_config(PretrainConfig, None, ["window=wide"])
+
+
+def test_every_shipped_recipe_config_loads():
+    """Each curriculum/configs/*.yaml that a recipe reads loads and validates (the rest are
+    accelerate's launch configs)."""
+    from curriculum.ablate import AblateConfig
+    from curriculum.ablate_iteration import IterationAblationConfig
+    from curriculum.coaching import CoachStageConfig
+    from curriculum.imitation import PretrainConfig
+    from curriculum.learn_from_search import SearchStageConfig
+    from curriculum.selfplay import SelfPlayConfig
+
+    recipes = {"ablate_gen1ou": AblateConfig, "ablate_smoke": AblateConfig, "pretrain_large": PretrainConfig,
+               "stage1": SelfPlayConfig, "stage1_lora": SelfPlayConfig, "stage1_smoke": SelfPlayConfig,
+               "stage2": CoachStageConfig, "stage2_smoke": CoachStageConfig,
+               "stage2_ablate": IterationAblationConfig, "stage3": SearchStageConfig,
+               "stage3_smoke": SearchStageConfig}
+    launch = {"ddp", "fsdp_large"}
+    folder = Path(__file__).resolve().parents[1] / "curriculum" / "configs"
+    assert {p.stem for p in folder.glob("*.yaml")} == set(recipes) | launch  # a new config gets a row here
+    for name, cls in recipes.items():
+        assert isinstance(load_config(cls, folder / f"{name}.yaml"), cls), name
