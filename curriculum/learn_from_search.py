@@ -25,8 +25,8 @@ battles end, so a kill loses only the battles in flight):
   3 label     the recorded labels written into those trajectories as teacher probabilities
               (agents.search_labels.attach_labels), sharpened by `label_temperature` (a short
               search's visit shares are close to uniform; a decision searched with fewer than
-              `label_min_visits` simulations per root choice has no label at all, and the
-              count says to raise `label_ms`); a trajectory whose labels do not
+              `label_min_visits` simulations per root choice has no label at all, counted as
+              shallow, with a warning to raise `label_ms` past 10%); a trajectory whose labels do not
               match it (room, side, decision count, 90% of the actions) is counted and left
               out, never guessed; a single decision whose actions differ gets no label.
   4 train     the parent's weights on the labelled trajectories, sampling the sources by
@@ -240,6 +240,11 @@ def run(cfg: SearchStageConfig, server=None) -> dict:
                 labelled[source] = {"attach": counts, "kept": kept}
                 print(f"label: {source}: {kept['trajectories']} trajectories ({kept['decisions']} decisions) "
                       f"labelled; {json.dumps(counts)}", flush=True)
+                shallow = counts.get("shallow_decisions", 0)
+                if shallow > 0.1 * max(kept["decisions"], 1):
+                    budget = f"label_ms (now {cfg.label_ms})" if source == "student" else f"the bot's ms ({cfg.search})"
+                    print(f"label: warning: {shallow} {source} decisions had fewer than {cfg.label_min_visits:g} "
+                          f"simulations per choice and no label; raise {budget}", flush=True)
             mark(rundir, "label", labelled)
         record = update_lineage(rundir, status="labelled", labels=labelled)
         if stop_here(cfg.stop_after, "label"):
