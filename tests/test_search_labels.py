@@ -130,10 +130,12 @@ def test_labels_below_the_search_depth_floor_are_left_out(tmp_path, showdown, ch
           battle_format="gen1ou", team_set="competitive", n=1, out_dir=tmp_path / "battles", concurrency=1,
           server=showdown, progress=False).run()
     (entry,) = read_labels(labels).values()
-    mass = np.asarray(entry["labels"]).sum(axis=1)
-    # Every searched decision fell short of 1000 simulations per choice: no label, counted;
-    # only forced decisions (nothing to search) keep theirs.
-    assert entry["shallow"] > 0 and entry["shallow"] + (mass > 0).sum() == len(mass)
+    mass, actions = np.asarray(entry["labels"]).sum(axis=1), np.asarray(entry["actions"])
+    # Every searched decision fell short of 1000 simulations per choice: no label, counted.
+    # Forced decisions (nothing to search) keep their one-hot; those with no choice to make
+    # at all (action -1) have no label either way, as without the floor.
+    assert entry["shallow"] > 0 and entry["shallow"] == ((mass == 0) & (actions >= 0)).sum()
+    assert entry["shallow"] + (mass > 0).sum() + (actions == -1).sum() == len(mass)
     assert np.allclose(np.asarray(entry["labels"])[mass > 0].max(axis=1), 1.0)
     build([tmp_path / "battles"], tmp_path / "traj")
     counts = attach_labels(tmp_path / "traj", labels)
