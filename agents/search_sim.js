@@ -45,7 +45,8 @@ module.exports = function load(psDir) {
 
 	function setStatus(battle, mon, m, rng) {
 		mon.status = m.status;
-		mon.statusState = effectState(battle, mon, m.status);
+		// Rest's sleep is the Pokémon's own (its source is itself): Sleep Clause ignores it.
+		mon.statusState = effectState(battle, mon, m.status, null, m.status === 'slp' && m.rested ? mon : null);
 		if (m.status === 'slp') {
 			// Sleep lasts 1-7 turns in gen 1 (Rest: 2); `sleep_turns` have passed already.
 			const total = m.rested ? (battle.gen === 1 ? 2 : 3) : (battle.gen === 1 ? 7 : 3);

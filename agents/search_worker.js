@@ -50,6 +50,12 @@ function statusCost(mon) {
 	}
 }
 
+function clauseSleeper(side) {
+	// A living Pokémon on this side asleep from a foe's move (Rest's sleep does not count): while
+	// it sleeps, Sleep Clause Mod blocks the foe's sleep moves.
+	return side.pokemon.some(mon => mon.hp > 0 && mon.status === 'slp' && !mon.statusState.source?.isAlly(mon));
+}
+
 function sideScore(side) {
 	let score = 0;
 	for (const mon of side.pokemon) {
@@ -138,15 +144,18 @@ const HEALS = new Set(['recover', 'softboiled', 'rest', 'milkdrink', 'slackoff',
 
 function wasted(battle, i, choice) {
 	// A move that cannot do anything now: a status move on a Pokémon that already has a
-	// status, or healing at full HP. The simulator would play it out as a failure; pruning it
-	// keeps the search's few iterations on choices that can differ.
+	// status, a sleep move the Sleep Clause blocks, or healing at full HP. The simulator would
+	// play it out as a failure; pruning it keeps the search's few iterations on choices that
+	// can differ.
 	if (!choice.startsWith('move ')) return false;
 	const side = battle.sides[i];
 	const me = side.active[0];
 	const foe = side.foe.active[0];
 	const move = activeMove(battle, choice.split(' ')[1]);
 	if (HEALS.has(move.id)) return me.hp >= me.maxhp;
-	return !!(move.status && move.category === 'Status' && foe && !foe.fainted && foe.status);
+	if (!move.status || move.category !== 'Status' || !foe || foe.fainted) return false;
+	// Sleep Clause Mod: no second foe put to sleep while the first sleeps.
+	return !!foe.status || (move.status === 'slp' && battle.ruleTable.has('sleepclausemod') && clauseSleeper(side.foe));
 }
 
 function prune(battle, i, legal) {

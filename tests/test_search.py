@@ -187,6 +187,35 @@ def test_search_skips_wasted_choices_and_follows_its_prior():
 
 
 @pytest.mark.server
+def test_sleep_clause_prunes_a_blocked_sleep_move():
+    ours = [one_set("Exeggutor", ["sleeppowder", "psychic", "stunspore", "explosion"]),
+            one_set("Snorlax", ["bodyslam", "earthquake", "hyperbeam", "rest"])]
+    theirs = [one_set("Tauros", ["bodyslam", "earthquake", "blizzard", "hyperbeam"]),
+              one_set("Chansey", ["icebeam", "thunderbolt", "thunderwave", "softboiled"])]
+
+    def spec(their_bench: dict, our_bench=None) -> dict:
+        return {"format": "gen1ou", "seed": 5, "sides": [
+            {"team": ours, "mons": [{"hp_frac": 1.0}, our_bench or {"hp_frac": 1.0}]},
+            {"team": theirs, "mons": [{"hp_frac": 1.0}, their_bench]}]}
+
+    asleep = {"hp_frac": 1.0, "status": "slp", "sleep_turns": 0}
+    root = ["move sleeppowder", "move psychic", "move stunspore", "move explosion", "switch 2"]
+    worker = SimWorker().start()
+    try:
+        def search(s):
+            return worker.call({"cmd": "search", "spec": s, "iterations": 150, "ms": 5000, "us": "p1",
+                                "root": root}, timeout=60)
+        # Their Chansey sleeps from our move: the clause blocks Sleep Powder, so it is not tried.
+        blocked = search(spec(asleep))
+        assert "move sleeppowder" not in blocked["visits"] and blocked["visits"], blocked["visits"]
+        # Their Chansey sleeps from its own Rest: the clause does not count it.
+        rested = search(spec({**asleep, "rested": True}))
+        assert rested["visits"].get("move sleeppowder", 0) > 0, rested["visits"]
+    finally:
+        worker.close()
+
+
+@pytest.mark.server
 def test_killed_worker_is_restarted():
     pool = WorkerPool(1)
     try:
