@@ -38,7 +38,8 @@ function statusCost(mon) {
 	// The share of a Pokémon's worth a status takes. Sleep (a few turns of doing nothing, then
 	// a turn to wake in gen 1) and gen 1's paralysis (a quarter of the Speed, a quarter of the
 	// turns lost) cost the most; weighted so, the search beat the tactician 38 of 60 at 300 ms
-	// where it had won 30 of 60 with sleep at 0.1-0.5 and paralysis at 0.25.
+	// where it had won 30 of 60 with sleep at 0.1-0.5 and paralysis at 0.25 (at 1000 ms: 35 and
+	// 36 of 60, level with the 35 of 60 before).
 	switch (mon.status) {
 	case 'slp': return Math.min(0.7, 0.3 + 0.1 * (mon.statusState.time || 1));
 	case 'frz': return mon.battle.gen === 1 ? 0.8 : 0.3;

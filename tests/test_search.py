@@ -193,9 +193,9 @@ def test_sleep_clause_prunes_a_blocked_sleep_move():
     theirs = [one_set("Tauros", ["bodyslam", "earthquake", "blizzard", "hyperbeam"]),
               one_set("Chansey", ["icebeam", "thunderbolt", "thunderwave", "softboiled"])]
 
-    def spec(their_bench: dict, our_bench=None) -> dict:
+    def spec(their_bench: dict) -> dict:
         return {"format": "gen1ou", "seed": 5, "sides": [
-            {"team": ours, "mons": [{"hp_frac": 1.0}, our_bench or {"hp_frac": 1.0}]},
+            {"team": ours, "mons": [{"hp_frac": 1.0}, {"hp_frac": 1.0}]},
             {"team": theirs, "mons": [{"hp_frac": 1.0}, their_bench]}]}
 
     asleep = {"hp_frac": 1.0, "status": "slp", "sleep_turns": 0}
