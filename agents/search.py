@@ -7,9 +7,10 @@ statistics (battles/data/stats), always keeping every move, item, ability, tera 
 species the opponent has revealed. Each guess is built once into a real Showdown `Battle` in a
 long-lived Node.js worker (agents/search_worker.js, agents/search_sim.js) and searched with
 decoupled UCT over both sides' simultaneous choices, restoring the battle from its serialised
-state for every simulation. Leaves are scored after `rollout` greedy turns by the position:
-material (HP, status, boosts, Pokémon left) and the duel the two active Pokémon would fight.
-The player picks the choice with the largest visit share summed over the guesses.
+state for every simulation. Leaves are scored after `rollout` greedy turns by a logistic model of
+who wins, fitted on recorded battles (agents/search_value.py: Pokémon left, HP, statuses,
+boosts, Substitute) plus the duel the two active Pokémon would fight. The player picks the
+choice with the largest visit share summed over the guesses.
 
 The evaluation's differences between choices are small next to its noise (damage rolls,
 critical hits, full paralysis), and a decision gets a few hundred simulations, so three

@@ -6,7 +6,8 @@
 // One JSON object per line on stdin, one answer per line on stdout ({id, ok, ...} or
 // {id, ok: false, error}). Commands:
 //   ping                         -> {pid}
-//   build  {spec}                -> {state}: the battle built from a spec, summarised
+//   build  {spec}                -> {state, features, duel, value}: the battle built from a spec,
+//                                   summarised, and its evaluation
 //   warm   {format}              -> loads the format's data
 //   search {spec, us, root, ms, iterations, c, bias, prior, depth, rollout, seed}
 //                                -> {visits, values, opp_visits, iterations, timing}
@@ -18,6 +19,7 @@
 // every simulation. The search is decoupled UCT over both sides' simultaneous choices,
 // open loop (each simulation draws fresh random numbers), leaves scored by evaluate().
 
+const fs = require('fs');
 const path = require('path');
 const readline = require('readline');
 
@@ -30,25 +32,25 @@ const {Battle, PRNG, State, STATS, makeRng, freshSeed, buildBattle, Cloner, choi
 	require('./search_sim')(psDir);
 
 // -- evaluation -----------------------------------------------------------------------------
-// A side's material: every Pokémon left is worth 0.5 plus its HP fraction, less what its
-// status costs it; the active one adds its boosts and a Substitute. On top, the duel the two
-// active Pokémon would fight at their best expected damage per turn (the simulator's own
-// damage formula, the faster one striking first).
-function statusCost(mon) {
-	// The share of a Pokémon's worth a status takes. Sleep (a few turns of doing nothing, then
-	// a turn to wake in gen 1) and gen 1's paralysis (a quarter of the Speed, a quarter of the
-	// turns lost) cost the most; weighted so, the search beat the tactician 38 of 60 at 300 ms
-	// where it had won 30 of 60 with sleep at 0.1-0.5 and paralysis at 0.25 (at 1000 ms: 35 and
-	// 36 of 60, level with the 35 of 60 before).
-	switch (mon.status) {
-	case 'slp': return Math.min(0.7, 0.3 + 0.1 * (mon.statusState.time || 1));
-	case 'frz': return mon.battle.gen === 1 ? 0.8 : 0.3;
-	case 'par': return mon.battle.gen === 1 ? 0.35 : 0.25;
-	case 'tox': return 0.2;
-	case 'brn': return 0.2;
-	case 'psn': return 0.1;
-	default: return 0;
+// A leaf's value is a logistic model of who wins (agents/search_value.py), fitted on recorded
+// battles by scripts/fit_search_value.py: over each side's Pokémon left, their HP, their
+// statuses (sleep from a foe and from Rest apart), the active one's boosts and Substitute,
+// plus the duel the two active Pokémon would fight. The weights are read per format from
+// agents/search_value.json (a format without a fit of its own uses the file's default).
+const VALUE_FILE = path.join(__dirname, 'search_value.json');
+const VALUE_TABLE = JSON.parse(fs.readFileSync(VALUE_FILE, 'utf8'));
+const FEATURES = ['alive', 'hp', 'slp', 'rest', 'par', 'frz', 'psn', 'boosts', 'sub'];
+const weightsByFormat = new Map();
+
+function valueWeights(battle) {
+	const id = battle.format.id;
+	let w = weightsByFormat.get(id);
+	if (!w) {
+		const entry = VALUE_TABLE.formats[id] || VALUE_TABLE.formats[VALUE_TABLE.default];
+		if (!entry) throw new Error(`${VALUE_FILE} has no weights for ${id} and no default: run scripts/fit_search_value.py`);
+		weightsByFormat.set(id, w = entry.weights);
 	}
+	return w;
 }
 
 function clauseSleeper(side) {
@@ -57,20 +59,26 @@ function clauseSleeper(side) {
 	return side.pokemon.some(mon => mon.hp > 0 && mon.status === 'slp' && !mon.statusState.source?.isAlly(mon));
 }
 
-function sideScore(side) {
-	let score = 0;
+function sideFeatures(side) {
+	// agents/search_value.py's side_features, from the simulated battle.
+	const f = {alive: 0, hp: 0, slp: 0, rest: 0, par: 0, frz: 0, psn: 0, boosts: 0, sub: 0};
 	for (const mon of side.pokemon) {
 		if (mon.fainted || mon.hp <= 0) continue;
-		score += (0.5 + mon.hp / mon.maxhp) * (1 - statusCost(mon));
+		f.alive++;
+		f.hp += mon.hp / mon.maxhp;
+		switch (mon.status) {
+		case 'slp': if (mon.statusState.source?.isAlly(mon)) f.rest++; else f.slp++; break;
+		case 'par': f.par++; break;
+		case 'frz': f.frz++; break;
+		case 'psn': case 'tox': case 'brn': f.psn++; break;
+		}
 	}
 	const active = side.active[0];
 	if (active && !active.fainted) {
-		let boosts = 0;
-		for (const stat of STATS) boosts += Math.max(-3, Math.min(3, active.boosts[stat]));
-		score += 0.08 * boosts;
-		if (active.volatiles.substitute) score += 0.15;
+		for (const stat of STATS) f.boosts += Math.max(-3, Math.min(3, active.boosts[stat]));
+		if (active.volatiles.substitute) f.sub = 1;
 	}
-	return score;
+	return f;
 }
 
 function activeMove(battle, id) {
@@ -237,11 +245,16 @@ function duel(battle) {
 }
 
 function evaluate(battle) {
-	// The position's value for p1, in [0, 1]: the material balance and the coming duel,
-	// relative to all the material left (a Pokémon matters more when few are left).
+	// The position's value for p1, in [0, 1]: the model's win probability, the duel weighted as
+	// HP is (it is measured in HP fractions).
 	if (battle.ended) return battle.winner === 'p1' ? 1 : battle.winner === 'p2' ? 0 : 0.5;
-	const [s1, s2] = battle.sides.map(sideScore);
-	return Math.max(0.01, Math.min(0.99, 0.5 + 0.5 * (s1 - s2 + duel(battle)) / (s1 + s2 + 0.5)));
+	const w = valueWeights(battle);
+	const [a, b] = battle.sides.map(sideFeatures);
+	const both = Math.max(1, a.alive + b.alive);
+	let z = (w.alive_tot * (a.alive - b.alive) + w.hp_tot * (a.hp - b.hp)) / both;
+	for (const k of FEATURES) z += w[k] * (a[k] - b[k]);
+	z += (w.hp + w.hp_tot / both) * duel(battle);
+	return Math.max(0.01, Math.min(0.99, 1 / (1 + Math.exp(-z))));
 }
 
 // -- decoupled UCT ---------------------------------------------------------------------------
@@ -465,7 +478,8 @@ const COMMANDS = {
 	},
 	build: cmd => {
 		const {battle, skipped} = buildBattle(cmd.spec);
-		return {state: summary(battle), skipped};
+		return {state: summary(battle), skipped, features: battle.sides.map(sideFeatures), duel: duel(battle),
+			value: evaluate(battle)};
 	},
 	search,
 	bench,

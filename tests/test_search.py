@@ -23,6 +23,7 @@ from agents.search import (
     root_orders,
     set_stats,
 )
+from agents.search_value import side_features
 from battles.protocol import public_hp
 from battles.teams import load_team_set
 from battles.view import live_state
@@ -266,7 +267,8 @@ class Checked(SearchPlayer):
     def compare(self, battle):
         self.checked += 1
         ours = battle.last_request["side"]["id"]
-        state = self.simulated_states(battle)[0]["state"]
+        built = self.simulated_states(battle)[0]
+        state = built["state"]
         sim_us, sim_them = state["sides"][0 if ours == "p1" else 1], state["sides"][1 if ours == "p1" else 0]
         where = f"{battle.battle_tag} turn {battle.turn}"
         mismatch = self.mismatches.append
@@ -299,6 +301,13 @@ class Checked(SearchPlayer):
                 mismatch(f"{where}: {side_id} conditions {conditions} vs {sim_side['conditions']}")
         if tracker.weather != state["weather"]:
             mismatch(f"{where}: weather {tracker.weather!r} vs {state['weather']!r}")
+        # The evaluation's features (agents/search_value.py) read from the simulated battle are the
+        # ones the fit reads from the protocol (our HP is exact there, in percent here).
+        for k, side_id in enumerate(("p1", "p2")):
+            rested = {m.name for m in tracker.sides[side_id].mons.values() if m.status == "slp" and m.last_move == "rest"}
+            public, sim = side_features(tracker, side_id, rested), built["features"][k]
+            if abs(public.pop("hp") - sim.pop("hp")) > 0.15 or public != sim:
+                mismatch(f"{where}: {side_id} features {public} vs {sim}")
 
 
 @pytest.mark.server
