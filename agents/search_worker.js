@@ -53,10 +53,15 @@ function valueWeights(battle) {
 	return w;
 }
 
+function restSleep(mon) {
+	// Asleep from its own Rest (the sleep's source is itself), not from a foe's move.
+	return mon.status === 'slp' && !!mon.statusState.source?.isAlly(mon);
+}
+
 function clauseSleeper(side) {
-	// A living Pokémon on this side asleep from a foe's move (Rest's sleep does not count): while
-	// it sleeps, Sleep Clause Mod blocks the foe's sleep moves.
-	return side.pokemon.some(mon => mon.hp > 0 && mon.status === 'slp' && !mon.statusState.source?.isAlly(mon));
+	// A living Pokémon on this side asleep from a foe's move: while it sleeps, Sleep Clause Mod
+	// blocks the foe's sleep moves.
+	return side.pokemon.some(mon => mon.hp > 0 && mon.status === 'slp' && !restSleep(mon));
 }
 
 function sideFeatures(side) {
@@ -67,7 +72,7 @@ function sideFeatures(side) {
 		f.alive++;
 		f.hp += mon.hp / mon.maxhp;
 		switch (mon.status) {
-		case 'slp': if (mon.statusState.source?.isAlly(mon)) f.rest++; else f.slp++; break;
+		case 'slp': if (restSleep(mon)) f.rest++; else f.slp++; break;
 		case 'par': f.par++; break;
 		case 'frz': f.frz++; break;
 		case 'psn': case 'tox': case 'brn': f.psn++; break;
