@@ -344,7 +344,7 @@ def _dynamic(state: dict, tracked, mon) -> None:
             ("twoturnmove:", "disabled:")))
         state["pp_used"] = dict(tracked.pp_used)
         state["last_move"] = tracked.last_move
-        state["rested"] = tracked.last_move == "rest"
+        state["rested"] = tracked.rested
         if tracked.transformed is not None:
             state["transform_into"] = tracked.transformed[0].name
         if tracked.terastallized:

@@ -37,9 +37,8 @@ BOOSTED = ("atk", "def", "spa", "spd", "spe")
 WEIGHTS_FILE = Path(__file__).resolve().with_name("search_value.json")
 
 
-def side_features(state: BattleState, side_id: str, rested: set[str]) -> dict[str, float]:
-    """One side's features; a Pokémon never seen counts as standing at full HP with no status.
-    `rested`: names of this side's Pokémon whose sleep came from their own Rest."""
+def side_features(state: BattleState, side_id: str) -> dict[str, float]:
+    """One side's features; a Pokémon never seen counts as standing at full HP with no status."""
     side = state.sides[side_id]
     f = dict.fromkeys(FEATURES, 0.0)
     seen = list(side.mons.values())
@@ -51,7 +50,7 @@ def side_features(state: BattleState, side_id: str, rested: set[str]) -> dict[st
         f["alive"] += 1
         f["hp"] += mon.hp
         if mon.status == "slp":
-            f["rest" if mon.name in rested else "slp"] += 1
+            f["rest" if mon.rested else "slp"] += 1
         elif mon.status in ("par", "frz"):
             f[mon.status] += 1
         elif mon.status in ("psn", "tox", "brn"):
@@ -66,18 +65,9 @@ def side_features(state: BattleState, side_id: str, rested: set[str]) -> dict[st
 def positions(log: str) -> Iterator[tuple[int, dict, dict]]:
     """(turn, p1 features, p2 features) at the start of every turn of one battle log."""
     state = BattleState()
-    rested: dict[str, set[str]] = {"p1": set(), "p2": set()}
     for ev in iter_events(log):
         if ev.kind == "turn":
-            yield int(ev.arg(0) or 0), side_features(state, "p1", rested["p1"]), side_features(state, "p2", rested["p2"])
-        if ev.kind in ("-status", "-curestatus", "faint"):
-            side, _, name = ev.arg(0).partition(": ")
-            names = rested.get(side[:2])
-            if names is not None:
-                if ev.kind == "-status" and ev.arg(1) == "slp" and ev.tags.get("from", "").endswith("Rest"):
-                    names.add(name)
-                else:
-                    names.discard(name)
+            yield int(ev.arg(0) or 0), side_features(state, "p1"), side_features(state, "p2")
         state.apply(ev)
 
 

@@ -34,7 +34,7 @@ class Mon:
         "side", "name", "species", "level", "gender", "hp", "status", "boosts", "moves",
         "item", "first_item", "ability", "first_ability", "tera", "terastallized", "active",
         "revealed", "volatiles", "types", "last_move", "pp_used", "previewed", "transformed",
-        "version", "cache", "dyn_cache",
+        "version", "cache", "dyn_cache", "rested",
     )
 
     def __init__(self, side: str, name: str, species: str, level: int = 100, gender: str = ""):
@@ -52,6 +52,7 @@ class Mon:
         self.last_move = ""
         self.pp_used: dict[str, int] = {}
         self.transformed: tuple[Mon, dict[str, int]] | None = None  # (target, PP spent as it)
+        self.rested = False  # its sleep came from its own Rest (read only while it sleeps)
         # Bumped whenever a handler may change this Pokémon, so views of it can be reused.
         self.version = 0
         self.cache: tuple | None = None
@@ -363,6 +364,7 @@ def _on_status(state: BattleState, ev: Event) -> None:
     mon = state.mon(ev.arg(0))
     if mon is not None and ev.arg(1) in STATUSES:
         mon.status = ev.arg(1)
+        mon.rested = ev.arg(1) == "slp" and ev.tags.get("from", "").endswith("Rest")
     state.reveal_from_tag(ev, mon)
 
 

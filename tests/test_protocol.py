@@ -113,6 +113,24 @@ def test_switch_damage_status_boosts_and_field():
     assert state.turn == 1 and state.sides["p2"].name == "Bob"
 
 
+def test_rest_sleep_is_remembered_across_switches():
+    state = run(HEADER + """
+|switch|p1a: Lax|Snorlax|100/100
+|switch|p2a: Gar|Gengar|100/100
+|turn|1
+|move|p1a: Lax|Rest|p1a: Lax
+|-status|p1a: Lax|slp|[from] move: Rest
+|turn|2
+|switch|p1a: Egg|Exeggutor|100/100
+|move|p2a: Gar|Hypnosis|p1a: Egg
+|-status|p1a: Egg|slp|[from] move: Hypnosis
+|turn|3
+|switch|p1a: Lax|Snorlax|100/100 slp""")
+    lax, egg = state.sides["p1"].mons["Lax"], state.sides["p1"].mons["Egg"]
+    assert lax.status == "slp" and lax.rested and lax.last_move == ""  # switching forgot the move
+    assert egg.status == "slp" and not egg.rested
+
+
 def test_switching_out_clears_boosts_but_baton_pass_carries_them():
     state = run(HEADER + """
 |switch|p1a: A|Zapdos|100/100

@@ -305,9 +305,7 @@ class Checked(SearchPlayer):
         # ones the fit reads from the protocol. Our HP was checked against the request above (the
         # protocol does not show Regenerator's healing).
         for k, side_id in enumerate(("p1", "p2")):
-            rested = {m.name for m in tracker.sides[side_id].mons.values()
-                      if m.status == "slp" and m.last_move == "rest"}
-            public, sim = side_features(tracker, side_id, rested), dict(built["features"][k])
+            public, sim = side_features(tracker, side_id), dict(built["features"][k])
             hp_gap = abs(public.pop("hp") - sim.pop("hp"))
             if public != sim or (side_id != ours and hp_gap > 0.05):
                 mismatch(f"{where}: {side_id} features {public} vs {sim} (HP apart by {hp_gap:.3f})")
