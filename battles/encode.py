@@ -11,11 +11,14 @@ items.json, see SOURCES.md there). Id 0 is padding, 1 unknown, 2 none. Names mis
 the vocabulary map to unknown and are counted. `python -m battles.encode` rebuilds the
 shipped vocabulary file and prints its size and hash.
 
-Layout (ENCODER_VERSION 1). Tokens: gen, weather, 4 fields, 6 own and 6 opposing side
+Layout (ENCODER_VERSION 2). Tokens: gen, weather, 4 fields, 6 own and 6 opposing side
 conditions, then 12 Pokémon (own side active first then bench in action-slot order, then
 the opponent's: active, then the rest by base species) of 11 tokens each: species, item,
 ability, 4 moves, 2 types, tera type, status. Numbers: 22 global features, then 35 per
-Pokémon (see GLOBAL_FEATURES and MON_FEATURES).
+Pokémon (see GLOBAL_FEATURES and MON_FEATURES), then what each action would do
+(battles/matchup.py): its GLOBAL features, and last N_ACTIONS x ACTION features in slot
+order, which the model reads per action (`ACTION_FEATURES`, its `n_action_features`).
+Version 2 added the matchup features: version 1 shards must be rebuilt from their logs.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from battles.actions import legal_mask
+from battles import matchup
+from battles.actions import N_ACTIONS, legal_mask
 from battles.protocol import STATS, STATUSES, UNKNOWN, to_id
 from battles.view import TRACKED_VOLATILES, BattleView, PokemonView
 
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2
 VOCAB_DIR = Path(__file__).resolve().parent / "data" / "vocab"
 VOCAB_FILE = VOCAB_DIR / "vocab.json"
 ITEMS_FILE = VOCAB_DIR / "items.json"
@@ -60,7 +64,9 @@ MON_FEATURES = (
     + ("active", "fainted", "revealed", "terastallized") + tuple(f"predicted_{p}" for p in PREDICTABLE)
     + tuple(f"volatile_{v}" for v in TRACKED_VOLATILES)
 )
-N_NUMBERS = len(GLOBAL_FEATURES) + 2 * N_MONS_PER_SIDE * len(MON_FEATURES)
+ACTION_FEATURES = matchup.N_ACTION  # per action slot, the last N_ACTIONS * ACTION_FEATURES numbers
+N_NUMBERS = (len(GLOBAL_FEATURES) + 2 * N_MONS_PER_SIDE * len(MON_FEATURES) + matchup.N_GLOBAL
+             + N_ACTIONS * ACTION_FEATURES)
 
 
 class Vocabulary:
@@ -169,6 +175,7 @@ class ObservationEncoder:
         self.version = ENCODER_VERSION
         self.n_tokens = N_TOKENS
         self.n_numbers = N_NUMBERS
+        self.n_action_features = ACTION_FEATURES
         # Pokémon repeat across a battle's decisions (the bench, the opponent): encode each
         # distinct PokemonView once. Views with unknown names are not cached, so every
         # occurrence is counted in vocab.unknown.
@@ -224,6 +231,9 @@ class ObservationEncoder:
                 member = k < side.team_size  # a team member never seen: unknown, not absent
                 add_tokens(_UNSEEN_TOKENS if member else _ABSENT_TOKENS)
                 add_numbers(_UNSEEN_NUMBERS if member else _ABSENT_NUMBERS)
+        glob, per_action = matchup.action_features(view)
+        add_numbers(glob)
+        add_numbers(per_action)
         assert len(tokens) == N_TOKENS and len(numbers) == N_NUMBERS, (len(tokens), len(numbers))
         return tokens, numbers
 
@@ -260,7 +270,7 @@ def encode(view: BattleView) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = [
-    "ENCODER_VERSION", "N_NUMBERS", "N_TOKENS", "ObservationEncoder", "Vocabulary", "build_vocabulary",
+    "ACTION_FEATURES", "ENCODER_VERSION", "N_NUMBERS", "N_TOKENS", "ObservationEncoder", "Vocabulary", "build_vocabulary",
     "default_vocabulary", "encode", "legal_mask",
 ]
 

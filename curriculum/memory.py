@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     enc = ObservationEncoder()
     try:
         cfg = PolicyConfig.preset(args.preset, vocab_size=enc.vocab.size, n_tokens=enc.n_tokens,
-                                  n_numbers=enc.n_numbers, dropout=args.dropout)
+                                  n_numbers=enc.n_numbers, n_action_features=enc.n_action_features,
+                                  dropout=args.dropout)
         kwargs = dict(context=args.context, bf16=args.bf16, strategy=args.strategy,
                       world_size=1 if args.strategy == "single" else args.world_size,
                       overhead_gb=args.overhead_gb)

@@ -51,6 +51,9 @@ class PolicyConfig:
     n_tokens: int  # K: entity tokens per decision
     n_numbers: int  # F: numeric features per decision
     n_actions: int = 13
+    # > 0: the last n_actions * n_action_features numbers describe each action slot (what
+    # that move or switch would do); a shared scorer reads them beside the decision's state.
+    n_action_features: int = 0
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
@@ -64,7 +67,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "int":
+            if f.type == "int" and f.name != "n_action_features":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(
                         f"PolicyConfig.{f.name}={value!r}: expected a positive integer"
@@ -78,6 +81,11 @@ class PolicyConfig:
                 setattr(self, f.name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"PolicyConfig.dropout={self.dropout!r}: expected 0 <= dropout < 1")
+        if self.n_action_features < 0 or self.n_actions * self.n_action_features > self.n_numbers:
+            raise ValueError(
+                f"PolicyConfig.n_action_features={self.n_action_features}: needs 0 <= "
+                f"n_actions * n_action_features <= n_numbers={self.n_numbers}"
+            )
         if self.rope_base <= 1.0:
             raise ValueError(f"PolicyConfig.rope_base={self.rope_base!r}: expected > 1")
         if self.vocab_size < 2:
@@ -292,6 +300,14 @@ class PolicyTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.policy_head = nn.Linear(cfg.d_model, cfg.n_actions)
+        if cfg.n_action_features:
+            # The same small scorer for every slot: a move that would knock out scores the
+            # same whichever slot it sits in.
+            d_act = 64
+            self.action_ctx = nn.Linear(cfg.d_model, d_act)
+            self.action_scorer = nn.Sequential(
+                nn.Linear(d_act + cfg.n_action_features, d_act), nn.GELU(), nn.Linear(d_act, 1)
+            )
         self.value_head = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1)
         )
@@ -363,10 +379,17 @@ class PolicyTransformer(nn.Module):
                     "encoder's vocabulary does not match this model"
                 )
 
-    def _heads(self, x, legal):
-        """(…, C) hidden, (…, 13) legal -> masked logits (…, 13), value (…)."""
+    def _heads(self, x, numbers, legal):
+        """(…, C) hidden, (…, F) numbers, (…, 13) legal -> masked logits (…, 13), value (…)."""
         x = self.ln_f(x)
         logits = self.policy_head(x)  # (…, 13)
+        k = self.cfg.n_action_features
+        if k:
+            A = self.cfg.n_actions
+            feats = numbers[..., numbers.shape[-1] - A * k:].unflatten(-1, (A, k))  # (…, 13, k)
+            ctx = self.action_ctx(x)[..., None, :].expand(*feats.shape[:-1], -1)  # (…, 13, d_act)
+            inp = torch.cat([ctx, feats.to(ctx.dtype)], dim=-1)  # (…, 13, d_act + k)
+            logits = logits + self.action_scorer(inp).squeeze(-1)  # (…, 13)
         # A finite minimum, not -inf: a row with no legal action (padding) stays NaN-free.
         logits = logits.masked_fill(~legal, torch.finfo(logits.dtype).min)
         value = torch.tanh(self.value_head(x)).squeeze(-1)  # (…)
@@ -398,7 +421,7 @@ class PolicyTransformer(nn.Module):
                 x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
             else:
                 x = block(x, cos, sin, attn_mask)  # (B, T, C)
-        return self._heads(x, legal)
+        return self._heads(x, numbers, legal)
 
     # ------------------------------------------------------------------ inference
 
@@ -455,5 +478,5 @@ class PolicyTransformer(nn.Module):
             x = block.step(x, cos, sin, cached_attention)  # (B, 1, C)
         for c in caches:
             c.n_seen += 1
-        logits, value = self._heads(x[:, 0], legal)
+        logits, value = self._heads(x[:, 0], numbers, legal)
         return logits, value  # (B, 13), (B,)

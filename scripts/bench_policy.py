@@ -40,7 +40,8 @@ ENC = ObservationEncoder()
 def model_of(preset: str) -> PolicyTransformer:
     torch.manual_seed(0)
     return PolicyTransformer(PolicyConfig.preset(preset, vocab_size=ENC.vocab.size, n_tokens=ENC.n_tokens,
-                                                 n_numbers=ENC.n_numbers))
+                                                 n_numbers=ENC.n_numbers,
+                                                 n_action_features=ENC.n_action_features))
 
 
 def fake_batch(b: int, t: int, g: torch.Generator) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from battles import encode as enc
+from battles import matchup
 from battles.encode import (
     ENCODER_VERSION,
     N_NUMBERS,
@@ -91,7 +92,9 @@ def test_a_changed_field_changes_the_encoding_and_the_cache_is_safe():
     hurt = replace(view.own.pokemon[0], hp=0.25, status="par")
     view2 = replace(view, own=replace(view.own, pokemon=(hurt,) + view.own.pokemon[1:]))
     tokens2, numbers2 = encoder.encode(view2)
-    assert (tokens != tokens2).sum() == 1 and (numbers != numbers2).sum() == 1
+    entities = enc.N_NUMBERS - matchup.N_GLOBAL - 13 * enc.ACTION_FEATURES  # before the matchups
+    assert (tokens != tokens2).sum() == 1 and (numbers[:entities] != numbers2[:entities]).sum() == 1
+    assert (numbers[entities:] != numbers2[entities:]).any()  # a slower, weaker active fights worse
     again = encoder.encode(view)  # from the cache
     fresh = ObservationEncoder().encode(view)
     assert (again[0] == fresh[0]).all() and (again[1] == fresh[1]).all() and (again[0] == tokens).all()

@@ -101,8 +101,10 @@ def _step_all(model, battles, starts):
     return [(torch.stack(lo), torch.stack(v)) for lo, v in out], caches
 
 
-def test_cached_steps_equal_full_recomputation_batched_battles():
-    model = make_model(n_layers=3)
+@pytest.mark.parametrize("action_features", [0, 2])
+def test_cached_steps_equal_full_recomputation_batched_battles(action_features):
+    model = make_model(n_layers=3, n_numbers=5 + 13 * action_features,
+                       n_action_features=action_features)
     lengths, starts = [1, 7, 30, 18], [0, 2, 0, 5]
     battles = [make_battle(model.cfg, 1, T, seed=10 + i) for i, T in enumerate(lengths)]
     stepped, caches = _step_all(model, battles, starts)
@@ -173,6 +175,23 @@ def test_bf16_autocast_forward_is_finite():
         step_logits, _ = model.step_batch(tokens[:, 0], numbers[:, 0], legal[:, 0], caches)
     assert torch.isfinite(logits).all() and torch.isfinite(value).all()
     assert legal[:, 0].gather(-1, step_logits.argmax(-1, keepdim=True)).all()
+
+
+def test_action_features_score_each_slot_alike():
+    """The per-action scorer is shared: swapping two slots' features swaps their scores."""
+    model = make_model(n_numbers=3 + 13 * 2, n_action_features=2)
+    _, numbers, legal = make_battle(model.cfg, 1, 1)
+    legal[:] = True
+    x = torch.randn(1, 1, model.cfg.d_model)
+    swapped = numbers.clone()
+    a, b = 3 + 0 * 2, 3 + 5 * 2  # slots 0 and 5
+    swapped[..., a:a + 2], swapped[..., b:b + 2] = numbers[..., b:b + 2], numbers[..., a:a + 2]
+    diff = model._heads(x, numbers, legal)[0] - model._heads(x, swapped, legal)[0]  # (1, 1, 13)
+    assert diff[..., 0].abs() > 1e-6  # the features matter
+    torch.testing.assert_close(diff[..., 0], -diff[..., 5], rtol=0, atol=1e-5)
+    assert diff[..., 1:5].abs().max() == 0  # other slots untouched
+    with pytest.raises(ValueError, match="n_action_features"):
+        PolicyConfig.preset("tiny", **{**SIZES, "n_action_features": 1})
 
 
 def test_input_errors_are_clear():
