@@ -7,11 +7,12 @@ the data before it (only the small scalar columns are read to count samples).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from battles.trajectories import N_ACTIONS, Trajectory, list_shards, read_row_group, row_groups
 
 _INDEX_COLUMNS = ["battle_id", "source", "format", "rating", "outcome", "encoder_version",
-                  "n_decisions"]
+                  "n_decisions", "agent"]
+
+
+@dataclass
+class Selection:
+    """Whom one source of a mix learns from: agent spec patterns and outcomes (empty: all)."""
+
+    agents: list[str] = field(default_factory=list)  # 'tactician', 'search:*', 'policy:*'
+    outcomes: list[int] = field(default_factory=list)  # [1]: won battles only
+
+
+SELECTABLE = tuple(f.name for f in fields(Selection))
 # Keys of a sample that run along decisions; collate pads these.
 _PER_STEP = {"tokens": 0, "numbers": 0, "legal": False, "action": -1, "mask": False,
              "loss_mask": False, "teacher": 0}
@@ -34,6 +46,13 @@ _CHOICE_CHUNK = 1024
 def is_validation(battle_id: str, fraction: float) -> bool:
     """Whether a battle belongs to the held-out split (stable hash of its id; both players agree)."""
     digest = hashlib.blake2b(battle_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < fraction
+
+
+def in_subset(battle_id: str, fraction: float) -> bool:
+    """Whether a battle belongs to the first `fraction` of the data: a hash independent of the
+    validation split, so smaller subsets nest in larger ones (a scaling study's points)."""
+    digest = hashlib.blake2b(battle_id.encode(), digest_size=8, person=b"qabra-subset").digest()
     return int.from_bytes(digest, "big") / 2.0**64 < fraction
 
 
@@ -53,15 +72,24 @@ class Filters:
     min_rating: float | None = None  # rows without a rating are dropped when set
     outcomes: tuple[int, ...] | None = None
     source: tuple[str, ...] | None = None  # values of the store's `source` column
+    # Patterns (fnmatch) on the spec of the agent that made the decisions: 'tactician',
+    # 'search:*', 'policy:*'. Rows with no agent (human replays) match none.
+    agents: tuple[str, ...] | None = None
     encoder_version: int | None = None
     split: str | None = None  # 'train', 'val' or None (all)
     val_fraction: float = 0.05
+    subset: float = 1.0  # keep this share of the battles (nested: see in_subset)
 
     def __post_init__(self) -> None:
-        for name in ("formats", "outcomes", "source"):
+        for name in ("formats", "outcomes", "source", "agents"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
+        if self.agents is not None and not all(isinstance(a, str) and a for a in self.agents):
+            raise ValueError(f"agents={self.agents}: give agent spec patterns such as 'tactician' "
+                             "or 'search:*'")
         if self.split not in (None, "train", "val"):
             raise ValueError(f"split={self.split!r}: use 'train', 'val' or None")
+        if not 0.0 < self.subset <= 1.0:
+            raise ValueError(f"subset={self.subset}: must be in (0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
         if self.outcomes and not set(self.outcomes) <= {-1, 0, 1}:
@@ -81,10 +109,16 @@ class Filters:
             keep &= np.isin(np.asarray(table["outcome"]), self.outcomes)
         if self.encoder_version is not None:
             keep &= np.asarray(table["encoder_version"]) == self.encoder_version
+        if self.agents is not None:
+            specs = table["agent"].to_pylist() if "agent" in table.column_names else [None] * len(keep)
+            keep &= np.array([a is not None and any(fnmatch.fnmatchcase(a, p) for p in self.agents)
+                              for a in specs], dtype=bool)
         if self.split is not None:
             val = np.array([is_validation(b, self.val_fraction)
                             for b in table["battle_id"].to_pylist()], dtype=bool)
             keep &= val if self.split == "val" else ~val
+        if self.subset < 1.0:
+            keep &= np.array([in_subset(b, self.subset) for b in table["battle_id"].to_pylist()], dtype=bool)
         return keep
 
 
@@ -201,7 +235,8 @@ class _Stream:
         key = (unit[0], unit[1])
         if key not in self._index:
             with pq.ParquetFile(unit[0]) as pf:
-                table = pf.read_row_group(unit[1], columns=_INDEX_COLUMNS)
+                have = set(pf.schema_arrow.names)
+                table = pf.read_row_group(unit[1], columns=[c for c in _INDEX_COLUMNS if c in have])
             rows = np.flatnonzero(self.filters.mask(table))
             counts = _n_windows(np.asarray(table["n_decisions"])[rows], self.window)
             self._index[key] = (rows, counts)
@@ -341,11 +376,15 @@ class DataMix(IterableDataset):
     seed, rank, worker and draw number) and takes its next sample; a source that runs out
     starts a new, reshuffled epoch. `state_dict()` holds the number of samples drawn per
     worker; to track it with DataLoader workers, iterate through `MixLoader`.
+
+    ``select`` chooses whom each source learns from: source name -> {"agents": patterns,
+    "outcomes": [1]} (see `Filters`), e.g. {"selfplay": {"agents": ["tactician"]}}.
     """
 
     def __init__(self, weights: Mapping[str, float], sources, *, window: int | None = 128,
                  seed: int = 0, shuffle_buffer: int = 1024, rank: int | None = None,
-                 world_size: int | None = None, **filters) -> None:
+                 world_size: int | None = None, select: Mapping[str, Mapping] | None = None,
+                 **filters) -> None:
         if not weights:
             raise ValueError("DataMix needs at least one source weight")
         bad = {k: w for k, w in weights.items() if not (w >= 0 and np.isfinite(w))}
@@ -354,6 +393,15 @@ class DataMix(IterableDataset):
         if window is not None and window < 1:
             raise ValueError(f"window={window}: must be a positive number of decisions or None")
         base = _filters(filters)
+        select = {k: asdict(v) if is_dataclass(v) else dict(v) for k, v in (select or {}).items()}
+        for name, chosen in select.items():
+            if name not in weights:
+                raise ValueError(f"select names source {name!r}, which the mix {dict(weights)} lacks; "
+                                 "select only sources the mix draws from")
+            bad = set(chosen) - set(SELECTABLE)
+            if bad:
+                raise ValueError(f"select.{name}: unknown key(s) {sorted(bad)}; use {list(SELECTABLE)}")
+        self.select = {k: {f: list(v) for f, v in c.items() if v} for k, c in select.items()}
         self.names = sorted(k for k, w in weights.items() if w > 0)
         probs = np.array([weights[k] for k in self.names], dtype=np.float64)
         self.cdf = np.cumsum(probs / probs.sum())
@@ -372,6 +420,7 @@ class DataMix(IterableDataset):
                 paths, flt = sources[name], base
             else:
                 paths, flt = sources, replace(base, source=(name,))
+            flt = replace(flt, **{k: tuple(v) for k, v in self.select.get(name, {}).items()})
             shards = _shards_of(name, paths)
             if not shards or (not by_name and name not in present):
                 raise ValueError(f"source {name!r} has weight {weights[name]} but no trajectories "

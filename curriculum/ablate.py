@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from agents.registry import parse_spec
 from battles.build import build
-from battles.dataset import DataMix, Filters, TrajectoryDataset, collate
+from battles.dataset import Filters
 from battles.encode import ObservationEncoder
 from battles.logs import count_battles
 from battles.shards import list_shards
@@ -53,6 +52,9 @@ from curriculum.imitation import (
     checkpoint_saver,
     data_filters,
     imitation_loss,
+    set_threads,
+    training_mix,
+    validation_batches,
 )
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.trainer import Trainer, make_accelerator, state_steps
@@ -263,13 +265,10 @@ def train_member(pre: PretrainConfig, decisions_per_step: int):
     accelerator = make_accelerator(pre.trainer)
     if accelerator.num_processes != 1:
         raise ValueError("ablation members train in one process; run the grid without torchrun/accelerate")
+    set_threads(pre.threads)
     encoder = ObservationEncoder()
-    filters = data_filters(pre, encoder)
-    mix = DataMix(pre.mix, pre.data, window=pre.window, seed=pre.trainer.seed, split="train", **filters)
-    data = DecisionBatches(mix, decisions_per_step)
-    val_set = TrajectoryDataset(pre.data, window=pre.window, split="val", **filters)
-    val = [b for _, b in zip(range(pre.trainer.eval_batches),
-                             DataLoader(val_set, batch_size=pre.trainer.batch_size, collate_fn=collate))]
+    data = DecisionBatches(training_mix(pre, encoder), decisions_per_step)
+    val = validation_batches(pre, encoder)
     torch.manual_seed(pre.trainer.seed)  # one seed, one initial model, whatever the mix
     model = build_model(pre, encoder)
     save_config(pre, run_dir / "config.yaml")

@@ -12,12 +12,14 @@ clipped at `awr_max_weight`, with V the model's own (detached) value head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+from battles.dataset import DataMix, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from curriculum.trainer import TrainerConfig
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -31,6 +33,8 @@ class PretrainConfig:
     run_dir: str = "runs/pretrain"
     data: list[str] = field(default_factory=lambda: ["runs/quickstart/trajectories"])
     mix: dict[str, float] = field(default_factory=lambda: {"selfplay": 0.7, "human": 0.3})
+    # whom each source learns from, e.g. select.selfplay.agents=[tactician] select.selfplay.outcomes=[1]
+    select: dict[str, Selection] = field(default_factory=dict)
     formats: list[str] = field(default_factory=list)  # empty: every format
     min_rating: float | None = None
     outcomes: list[int] = field(default_factory=list)  # e.g. [1]: imitate winners only
@@ -40,10 +44,12 @@ class PretrainConfig:
     init_from: str | None = None  # a checkpoint to start from (its architecture wins)
     window: int = 64
     val_fraction: float = 0.05
+    subset: float = 1.0  # train on this nested share of the battles (validation stays whole)
     value_weight: float = 0.5
     awr_beta: float = 0.0  # > 0: advantage-weighted imitation
     awr_max_weight: float = 20.0
     num_workers: int = 0
+    threads: int = 0  # torch threads while training (0: half the cores, at most 4)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=2000))
 
 
@@ -89,6 +95,7 @@ def build_model(cfg: PretrainConfig, encoder: ObservationEncoder) -> PolicyTrans
         return model
     model_cfg = PolicyConfig.preset(
         cfg.preset, vocab_size=encoder.vocab.size, n_tokens=encoder.n_tokens, n_numbers=encoder.n_numbers,
+        n_action_features=encoder.n_action_features,
         dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing,
     )
     if model_cfg.max_context < cfg.window:
@@ -101,7 +108,8 @@ def checkpoint_saver(encoder: ObservationEncoder, cfg: PretrainConfig):
 
     def save(model, path: Path, metadata: dict) -> None:
         save_checkpoint(path, model, encoder_version=encoder.version, vocab_hash=encoder.vocab.hash,
-                        metadata={"recipe": "pretrain", "mix": cfg.mix, "data": cfg.data, **metadata})
+                        metadata={"recipe": "pretrain", "mix": cfg.mix, "data": cfg.data,
+                                  "select": selections(cfg), **metadata})
 
     return save
 
@@ -112,3 +120,37 @@ def data_filters(cfg: PretrainConfig, encoder: ObservationEncoder) -> dict:
         "formats": cfg.formats or None, "min_rating": cfg.min_rating, "outcomes": cfg.outcomes or None,
         "encoder_version": encoder.version, "val_fraction": cfg.val_fraction,
     }
+
+
+def set_threads(threads: int) -> None:
+    """Torch's intra-op threads: on a busy 2-core machine its default two made a step ~8x slower."""
+    import os
+
+    torch.set_num_threads(threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
+
+
+def selections(cfg: PretrainConfig) -> dict[str, dict]:
+    """The per-source selection as plain data (for DataMix, checkpoints and lineage)."""
+    return {k: asdict(v) for k, v in cfg.select.items()}
+
+
+def training_mix(cfg: PretrainConfig, encoder: ObservationEncoder) -> DataMix:
+    """The training split of cfg's data mix, each source drawn from whom it selects."""
+    return DataMix(cfg.mix, cfg.data, window=cfg.window, seed=cfg.trainer.seed, split="train",
+                   select=selections(cfg), subset=cfg.subset, **data_filters(cfg, encoder))
+
+
+def validation_batches(cfg: PretrainConfig, encoder: ObservationEncoder) -> list[dict]:
+    """Held-out batches of the same mix: each source with weight > 0 and its selection, in
+    proportion to its weight (held-out agreement with the teacher, not with everyone)."""
+    live = {k: w for k, w in cfg.mix.items() if w > 0}
+    total = sum(live.values())
+    batches = []
+    for name, weight in sorted(live.items()):
+        chosen = {k: v for k, v in selections(cfg).get(name, {}).items() if v}
+        val_set = TrajectoryDataset(cfg.data, window=cfg.window, split="val", source=name,
+                                    **{**data_filters(cfg, encoder), **chosen})
+        n = max(1, round(cfg.trainer.eval_batches * weight / total))
+        loader = DataLoader(val_set, batch_size=cfg.trainer.batch_size, collate_fn=collate)
+        batches += [b for _, b in zip(range(n), loader)]
+    return batches

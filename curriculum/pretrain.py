@@ -25,9 +25,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from battles.dataset import DataMix, MixLoader, TrajectoryDataset, collate
+from battles.dataset import MixLoader
 from battles.encode import ObservationEncoder
 from curriculum.config import load_config, save_config, to_dict
 from curriculum.distributed import DistributedStartError
@@ -35,8 +34,10 @@ from curriculum.imitation import (
     PretrainConfig,
     build_model,
     checkpoint_saver,
-    data_filters,
     imitation_loss,
+    set_threads,
+    training_mix,
+    validation_batches,
 )
 from curriculum.trainer import Trainer, make_accelerator
 
@@ -64,15 +65,11 @@ def run(cfg: PretrainConfig):
     run_dir = Path(cfg.run_dir)
     # First: the process group, so that the data below is split by rank.
     accelerator = make_accelerator(cfg.trainer)
+    set_threads(cfg.threads)
     encoder = ObservationEncoder()
-    filters = data_filters(cfg, encoder)
-    mix = DataMix(cfg.mix, cfg.data, window=cfg.window, seed=cfg.trainer.seed, split="train", **filters)
+    mix = training_mix(cfg, encoder)
     train_data = MixLoader(mix, batch_size=cfg.trainer.batch_size, num_workers=cfg.num_workers)
-    val_set = TrajectoryDataset(cfg.data, window=cfg.window, split="val", **filters)
-    val_batches = list(
-        b for _, b in zip(range(cfg.trainer.eval_batches),
-                          DataLoader(val_set, batch_size=cfg.trainer.batch_size, collate_fn=collate))
-    )
+    val_batches = validation_batches(cfg, encoder)
     if not val_batches:
         log.warning("no validation trajectories (val_fraction=%s); validation is skipped", cfg.val_fraction)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank and every run

@@ -22,7 +22,8 @@ K, F = 4, 2
 
 
 def traj(bid: str, t: int, source: str = "human", player: str = "p1", fmt: str = "gen1ou",
-         rating: float | None = 1500.0, outcome: int = 1, teacher: bool = False) -> Trajectory:
+         rating: float | None = 1500.0, outcome: int = 1, teacher: bool = False,
+         agent: str | None = None) -> Trajectory:
     """A trajectory whose tokens record (battle number, decision index) so windows can be traced."""
     tokens = np.zeros((t, K), np.int32)
     tokens[:, 0] = np.arange(t)
@@ -34,7 +35,7 @@ def traj(bid: str, t: int, source: str = "human", player: str = "p1", fmt: str =
         encoder_version=1, vocab_hash="v", tokens=tokens,
         numbers=np.full((t, F), 0.5, np.float32), action=(np.arange(t) % 13).astype(np.int16),
         legal=legal, teacher=np.full((t, 13), 1 / 13, np.float32) if teacher else None,
-        rating=rating,
+        rating=rating, agent=agent,
     )
 
 
@@ -211,6 +212,35 @@ def test_mix_loader_with_workers_resumes_exactly(mixed):
         if i == 1:
             break
     assert tail == full[54:66]
+
+
+def test_mix_selects_each_source_by_agent_and_outcome(tmp_path):
+    """select: the selfplay source keeps only the tactician's won trajectories (patterns match
+    specs), the human source is untouched; an unknown source or key is refused."""
+    agents = ["tactician", "maxbp", "search:ms=300", "policy:runs/a/final"]
+    trajs = [traj(f"b-{i}", 5, source="selfplay", agent=agents[i % 4], outcome=[1, -1][i // 4 % 2],
+                  player="p1" if i % 2 == 0 else "p2") for i in range(64)]
+    trajs += [traj(f"b-{100 + i}", 5, source="human") for i in range(16)]
+    data = write(tmp_path / "d", trajs)
+    seen = Counter()
+    mix = DataMix({"selfplay": 0.5, "human": 0.5}, data, window=None, seed=1,
+                  select={"selfplay": {"agents": ["tactician"], "outcomes": [1]}})
+    for sample, _ in zip(mix, range(400)):
+        bid = int(sample["battle_id"].split("-")[1])
+        seen[sample["source"]] += 1
+        if sample["source"] == "selfplay":
+            assert agents[bid % 4] == "tactician" and [1, -1][bid // 4 % 2] == 1
+    assert seen["human"] > 100 and seen["selfplay"] > 100
+    both = TrajectoryDataset(data, window=None, agents=["search:*", "policy:*"])
+    kinds = {agents[int(s["battle_id"].split("-")[1]) % 4] for s in both}
+    assert kinds == {"search:ms=300", "policy:runs/a/final"}  # no human rows: they have no agent
+    with pytest.raises(ValueError, match="lacks"):
+        DataMix({"selfplay": 1.0}, data, select={"coach": {"agents": ["x"]}})
+    with pytest.raises(ValueError, match="unknown key"):
+        DataMix({"selfplay": 1.0}, data, select={"selfplay": {"agent": ["x"]}})
+    nobody = DataMix({"selfplay": 1.0}, data, window=None, select={"selfplay": {"agents": ["heuristic"]}})
+    with pytest.raises(ValueError, match="no trajectories"):
+        next(iter(nobody))
 
 
 def test_missing_or_filtered_out_source_is_a_clear_error(mixed, tmp_path):
