@@ -131,7 +131,7 @@ def set_threads(threads: int) -> None:
 
 def selections(cfg: PretrainConfig) -> dict[str, dict]:
     """The per-source selection as plain data (for DataMix, checkpoints and lineage)."""
-    return {k: asdict(v) for k, v in cfg.select.items()}
+    return {k: asdict(v) if isinstance(v, Selection) else dict(v) for k, v in cfg.select.items()}
 
 
 def training_mix(cfg: PretrainConfig, encoder: ObservationEncoder) -> DataMix:
