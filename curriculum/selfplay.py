@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import yaml
 
 from battles.build import build
-from battles.dataset import DataMix, MixLoader, TrajectoryDataset, collate
+from battles.dataset import DataMix, MixLoader, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
 from curriculum.config import check_same_run, load_config, save_config, to_dict
@@ -103,6 +103,8 @@ class SelfPlayConfig:
     value_weight: float = 0.5
     parent_data_share: float = 0.0  # share of each batch drawn from the parent's pretraining data
     parent_data: list[str] = field(default_factory=list)  # empty: where the parent was pretrained
+    # whom the parent data is drawn from; empty: whom the parent's pretraining selected
+    parent_select: Selection = field(default_factory=Selection)
     finetune: str = "full"  # full | lora
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -199,6 +201,7 @@ def checkpoint_saver(cfg: SelfPlayConfig, encoder: ObservationEncoder, parent: P
         save_checkpoint(path, plain, encoder_version=encoder.version, vocab_hash=encoder.vocab.hash,
                         metadata={"recipe": "selfplay", "stage": cfg.stage, "parent": str(parent),
                                   "data": [str(learner_dir)], "pretrain_data": pretrain_data,
+                                  "pretrain_select": parent_selection(cfg, parent),
                                   "finetune": cfg.finetune, **metadata})
 
     return save
@@ -214,6 +217,21 @@ def pretrain_data_of(parent: Path, parent_run: Path | None) -> list[str]:
     if parent_run is not None and (parent_run / "config.yaml").is_file():
         return list((yaml.safe_load((parent_run / "config.yaml").read_text()) or {}).get("data") or [])
     return []
+
+
+def parent_selection(cfg: SelfPlayConfig, parent: Path) -> dict:
+    """Whom the parent data is drawn from: `parent_select`, else what the parent's pretraining
+    selected (the agents of its selected sources, when every source it drew from was selected)."""
+    if cfg.parent_select.agents or cfg.parent_select.outcomes:
+        return dataclasses.asdict(cfg.parent_select)
+    meta = read_checkpoint_info(parent).metadata
+    if meta.get("pretrain_select") is not None:
+        return dict(meta["pretrain_select"])
+    chosen = meta.get("select") or {}
+    drawn = [k for k, w in (meta.get("mix") or {}).items() if w > 0]
+    if drawn and all((chosen.get(k) or {}).get("agents") for k in drawn):
+        return {"agents": sorted({a for k in drawn for a in chosen[k]["agents"]}), "outcomes": []}
+    return {"agents": [], "outcomes": []}
 
 
 def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]) -> dict:
@@ -245,7 +263,8 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * windows / (per_step * weights["stage"])))
     # The schedule follows the data: max_steps from the epochs, warm-up at most a tenth of it.
     tcfg = dataclasses.replace(cfg.trainer, max_steps=steps, warmup_steps=min(cfg.trainer.warmup_steps, max(1, steps // 10)))
-    mix = DataMix(weights, sources, window=cfg.window, seed=tcfg.seed, split="train", **filters)
+    select = {"parent": parent_selection(cfg, parent)} if "parent" in sources else {}
+    mix = DataMix(weights, sources, window=cfg.window, seed=tcfg.seed, split="train", select=select, **filters)
     val_batches = []
     val_set = TrajectoryDataset(learner_dir, window=cfg.window, split="val", **filters)
     for i, batch in enumerate(torch.utils.data.DataLoader(val_set, batch_size=tcfg.batch_size, collate_fn=collate)):
@@ -271,6 +290,7 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
             "decisions_per_epoch": stats["decisions"], "won_trajectories": stats["wins"],
             "finetune": cfg.finetune, "trainable_parameters": trainable,
             "parent_data_share": cfg.parent_data_share, "parent_data": sources.get("parent", []),
+            "parent_select": select.get("parent"),
             "last_metrics": result.last_metrics, "val_metrics": result.val_metrics,
             "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None}
 
