@@ -86,6 +86,36 @@ def _policy(spec: AgentSpec, **player_kwargs: Any) -> Player:
     return PolicyPlayer(path, **params, **player_kwargs)
 
 
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models" / "bundled"
+DEFAULT_BUNDLED = "qabra-gen1ou"
+
+
+def bundled_models() -> list[str]:
+    """Names of the checkpoints shipped in models/bundled/."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.parent.name for p in BUNDLED_DIR.glob("*/model.safetensors"))
+
+
+def bundled_path(name: str = DEFAULT_BUNDLED) -> Path:
+    """The folder of a bundled checkpoint; ValueError naming the ones that exist."""
+    path = BUNDLED_DIR / name
+    if not (path / "model.safetensors").is_file():
+        raise ValueError(f"no bundled model {name!r}; shipped: {', '.join(bundled_models()) or 'none'} "
+                         f"(in {BUNDLED_DIR})")
+    return path
+
+
+def _bundled(spec: AgentSpec, **player_kwargs: Any) -> Player:
+    from agents.policy import PolicyPlayer
+
+    params = dict(spec.params)
+    path = bundled_path(params.pop("path", DEFAULT_BUNDLED))
+    if "temperature" not in params:
+        params.setdefault("greedy", True)  # the model card's numbers are greedy play
+    return PolicyPlayer(str(path), **params, **player_kwargs)
+
+
 def _search(spec: AgentSpec, **player_kwargs: Any) -> Player:
     from agents.search import SearchPlayer  # numpy, threads and the Node worker only when asked for
 
@@ -115,6 +145,12 @@ AGENTS: dict[str, AgentKind] = {
         "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]; with "
         "labels=DIR[,label_ms=100] a search bot labels every position it faces (agents/search_labels.py)",
         required=("path",),
+    ),
+    "bundled": AgentKind(
+        _bundled,
+        ("path", "temperature", "greedy", "seed", "device", "threads"),
+        "the policy shipped with Qabra (models/bundled/NAME, default qabra-gen1ou; see its MODEL_CARD.md), "
+        "greedy unless a temperature is given: bundled[:NAME][,temperature=T]",
     ),
     "search": AgentKind(
         _search,

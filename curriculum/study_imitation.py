@@ -39,20 +39,22 @@ import torch
 from battles.build import build
 from battles.dataset import Selection
 from battles.encode import ObservationEncoder
-from battles.logs import count_battles, read_battle_logs
+from battles.logs import count_battles
 from battles.shards import list_shards
 from curriculum.config import check_same_run, load_config, save_config
 from curriculum.imitation import PretrainConfig, validation_batches
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.pretrain import run as pretrain
 from curriculum.trainer import TrainerConfig
-from eval.match import Match
+from eval.match import Match, tally
 from eval.ratings import wilson_interval
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-_MUTABLE = {"run_dir", "concurrency", "eval_concurrency", "threads", "stop_after_steps"}
+# Which points to run may change between invocations (a point's own settings may not).
+_MUTABLE = {"run_dir", "concurrency", "eval_concurrency", "threads", "stop_after_steps", "decisions",
+            "presets", "teachers"}
 
 
 @dataclass
@@ -185,18 +187,6 @@ def calibration(checkpoint: Path, pre: PretrainConfig) -> dict:
               for b in range(10) if (bins == b).any())
     return {"agreement": hits / max(total, 1), "held_out_decisions": total,
             "brier": float(((p - y) ** 2).mean()), "ece": float(ece)}
-
-
-def tally(folder: Path, spec: str) -> tuple[int, int, int]:
-    """(battles, wins of `spec`, ties) recorded in a match folder."""
-    n = wins = ties = 0
-    for rec in read_battle_logs(folder) if folder.exists() else []:
-        n += 1
-        if not rec.winner:
-            ties += 1
-        elif rec.specs.get(rec.winner) == spec:
-            wins += 1
-    return n, wins, ties
 
 
 def judge(cfg: StudyConfig, policy: str, opponent: str, out: Path, servers: ServerOnDemand) -> dict:

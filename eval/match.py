@@ -276,6 +276,19 @@ class Match:
                 self.server.stop()
 
 
+def tally(folder: str | Path, spec: str) -> tuple[int, int, int]:
+    """(battles, wins of the agent `spec`, ties) recorded in a match folder (either seat)."""
+    from battles.logs import read_battle_logs
+
+    n = wins = ties = 0
+    folder = Path(folder)
+    for rec in read_battle_logs(folder) if folder.exists() else []:
+        n += 1
+        ties += not rec.winner
+        wins += bool(rec.winner) and rec.specs.get(rec.winner) == spec
+    return n, wins, ties
+
+
 def run_match(p1: str, p2: str, **kwargs) -> MatchResult:
     """Convenience wrapper: `Match(p1, p2, **kwargs).run()`."""
     return Match(p1, p2, **kwargs).run()

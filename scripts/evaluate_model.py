@@ -1,0 +1,72 @@
+"""One agent against several opponents over several team sets, resumable, with 95% intervals.
+
+    python scripts/evaluate_model.py policy:runs/x/final,greedy=true --opponents tactician:400 \
+        maxbp:200 bestdamage:200 heuristic:200 --out runs/eval_x
+
+Each opponent's battles (`name:N`) are split evenly over the team sets (gen1ou: competitive,
+replay, variety); a rerun plays only what is missing. Writes OUT/results.json (what the model
+card and the quickstart print) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from battles.server import ShowdownServer
+from eval.match import Match, tally
+from eval.ratings import wilson_interval
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("agent", help="agent spec, e.g. bundled or policy:runs/x/final,greedy=true")
+    parser.add_argument("--opponents", nargs="+", default=["tactician:400", "maxbp:200", "bestdamage:200",
+                                                            "heuristic:200"], help="name:battles")
+    parser.add_argument("--team-sets", nargs="+", default=["competitive", "replay", "variety"])
+    parser.add_argument("--format", default="gen1ou")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--out", required=True, help="folder for the battles and results.json")
+    args = parser.parse_args()
+    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    out = Path(args.out)
+    rows = []
+    t0 = time.monotonic()
+    with ShowdownServer() as server:
+        for i, item in enumerate(args.opponents):
+            name, _, count = item.partition(":")
+            n = int(count or 200)
+            per_set = -(-n // len(args.team_sets))
+            total = wins = ties = 0
+            by_set = {}
+            for j, team_set in enumerate(args.team_sets):
+                folder = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{team_set}"
+                have = tally(folder, args.agent)[0]
+                if have < per_set:
+                    Match(args.agent, name, battle_format=args.format, team_set=team_set, n=per_set - have,
+                          out_dir=folder, concurrency=args.concurrency, seed=args.seed + 100 * i + j + have,
+                          server=server, progress=False).run()
+                b, w, t = tally(folder, args.agent)
+                by_set[team_set] = round((w + 0.5 * t) / b, 4)
+                total, wins, ties = total + b, wins + w, ties + t
+            lo, hi = wilson_interval(wins + 0.5 * ties, total)
+            rows.append({"opponent": name, "battles": total, "wins": wins, "ties": ties,
+                         "winrate": round((wins + 0.5 * ties) / total, 4), "ci95": [round(lo, 4), round(hi, 4)],
+                         "by_team_set": by_set})
+            print(f"{name:12} {total:>5} {rows[-1]['winrate']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {by_set}", flush=True)
+    result = {"spec": args.agent, "format": args.format, "team_sets": args.team_sets, "results": rows,
+              "seconds": round(time.monotonic() - t0)}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "results.json")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
