@@ -162,7 +162,8 @@ def point_config(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisio
 
 @torch.no_grad()
 def calibration(checkpoint: Path, pre: PretrainConfig) -> dict:
-    """Held-out agreement with the teacher, and the value head's Brier score and ECE."""
+    """Held-out agreement with the teacher (on decisions with a choice; by the teacher's kind of
+    action: a move, a voluntary switch, a forced switch), the value head's Brier score and ECE."""
     encoder = ObservationEncoder()
     model, _ = load_checkpoint(checkpoint, expected_encoder_version=encoder.version,
                                expected_vocab_hash=encoder.vocab.hash)
@@ -170,13 +171,20 @@ def calibration(checkpoint: Path, pre: PretrainConfig) -> dict:
     pre = replace(pre, trainer=replace(pre.trainer, eval_batches=40))
     hits = total = 0
     probs, wins = [], []
+    kinds = {"move": [0, 0], "switch": [0, 0], "forced_switch": [0, 0]}  # teacher's action: [agree, all]
     for batch in validation_batches(pre, encoder):
         logits, value = model(batch["tokens"], batch["numbers"], batch["legal"])
         scored = batch["loss_mask"] & batch["mask"]
         act = batch["action"]
-        bc = scored & (act >= 0)
-        hits += int((logits.argmax(-1)[bc] == act[bc]).sum())
+        bc = scored & (act >= 0) & (batch["legal"].sum(-1) > 1)  # a choice to make
+        agree = logits.argmax(-1) == act
+        hits += int(agree[bc].sum())
         total += int(bc.sum())
+        switch = (act >= 4) & (act < 9)
+        forced = ~batch["legal"][..., :4].any(-1) & ~batch["legal"][..., 9:].any(-1)
+        for name, where in (("move", ~switch), ("switch", switch & ~forced), ("forced_switch", forced)):
+            kinds[name][0] += int(agree[bc & where].sum())
+            kinds[name][1] += int((bc & where).sum())
         probs.append(((value[scored] + 1) / 2).numpy())
         wins.append(((batch["outcome"][:, None].expand_as(value)[scored]) > 0).float().numpy())
     if total == 0:
@@ -185,7 +193,9 @@ def calibration(checkpoint: Path, pre: PretrainConfig) -> dict:
     bins = np.minimum((p * 10).astype(int), 9)
     ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * (bins == b).mean()
               for b in range(10) if (bins == b).any())
-    return {"agreement": hits / max(total, 1), "held_out_decisions": total,
+    by_kind = {f"agreement_{k}": round(a / n, 4) if n else None for k, (a, n) in kinds.items()}
+    by_kind.update({f"share_{k}": round(n / total, 4) for k, (_, n) in kinds.items()})
+    return {"agreement": hits / max(total, 1), "held_out_decisions": total, **by_kind,
             "brier": float(((p - y) ** 2).mean()), "ece": float(ece)}
 
 

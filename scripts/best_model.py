@@ -1,0 +1,133 @@
+"""The chain that makes the best model this machine can: from nothing to a promoted policy.
+
+    scripts/best_model.sh [key=value ...]         # runs/best by default; run again to resume
+
+1. teacher: the tactician's games (against itself and the sparring heuristics, every gen1ou
+   team set) until `decisions` teacher decisions exist, built into trajectories.
+2. imitation: a policy on the tactician's decisions only (`preset`, `steps`).
+3. stage 1: the imitation model plays a pool holding the tactician and itself, learns from its
+   won games (with some teacher data kept in each batch); promoted only if the tournament says so.
+4. stage 3: learning from the search bot (its labels on the student's positions and its own
+   games); promoted only if the tournament says so.
+5. final: a tournament of the imitation model, each stage's output and the heuristics, over
+   the competitive, replay and variety team sets; prints the ratings and what each stage gained.
+
+Every step resumes: the games, the trainings and the tournaments keep what they finished.
+Settings (key=value): run_dir, decisions, preset, steps, stage1_battles, stage3_battles,
+search, final_battles, stages (e.g. stages=[imitation,stage1] to stop earlier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curriculum.config import load_config
+from curriculum.imitation import PretrainConfig
+from curriculum.learn_from_search import SearchStageConfig
+from curriculum.learn_from_search import run as stage3
+from curriculum.phases import ServerOnDemand, write_json
+from curriculum.pretrain import run as pretrain
+from curriculum.selfplay import SelfPlayConfig
+from curriculum.selfplay import run as stage1
+from curriculum.study_imitation import StudyConfig, play_and_build
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = "tactician"
+STAGES = ("imitation", "stage1", "stage3", "final")
+
+
+@dataclass
+class ChainConfig:
+    """How much of each step; the defaults fill a few hours of a 2-core CPU."""
+
+    run_dir: str = "runs/best"
+    decisions: int = 700_000  # teacher decisions to imitate
+    preset: str = "tiny"
+    steps: int = 6000
+    stage1_battles: int = 3000
+    stage3_battles: int = 300
+    search: str = "search:ms=300"
+    final_battles: int = 48  # per pair, per team set (a multiple of 4)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"stages={self.stages}: unknown {sorted(unknown)}; choose from {list(STAGES)}")
+
+
+def output_of(run: Path) -> Path:
+    """The checkpoint a stage hands on (its lineage's `output`)."""
+    return Path(json.loads((run / "lineage.json").read_text())["output"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. decisions=300000 stages=[imitation,stage1]")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    try:
+        cfg = load_config(ChainConfig, None, args.overrides)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    run = Path(cfg.run_dir)
+    servers = ServerOnDemand()
+    gained = {}
+    try:
+        # 1-2. the teacher's games, and imitation of its decisions
+        study = StudyConfig(run_dir=str(run / "teacher"), decisions=[cfg.decisions], presets=[cfg.preset])
+        played = play_and_build(study, run / "teacher", TEACHER, servers)
+        print(f"teacher: {played['decisions']:,} tactician decisions in {played['battles']:,} battles", flush=True)
+        pre = load_config(PretrainConfig, None, [
+            f"run_dir={run / 'imitation'}", f"data=[{run / 'teacher' / 'trajectories' / TEACHER}]",
+            "mix=selfplay:1.0", f"select.selfplay.agents=[{TEACHER}]", "formats=[gen1ou]",
+            f"preset={cfg.preset}", f"trainer.max_steps={cfg.steps}", "trainer.lr=1e-3", "trainer.batch_size=16",
+            "trainer.warmup_steps=100", "trainer.eval_every=1000", "trainer.checkpoint_every=500",
+            "trainer.log_every=100", "window=64", f"threads={cfg.threads}",
+        ])
+        pretrain(pre)
+        best = run / "imitation" / "final"
+        agents = {"imitation": f"policy:{best}"}
+        if "stage1" in cfg.stages:
+            s1 = load_config(SelfPlayConfig, REPO / "curriculum/configs/stage1.yaml", [
+                f"run_dir={run / 'stage1'}", f"parent={best}", f"battles={cfg.stage1_battles}",
+                f"opponents={{{TEACHER}: 0.6, 'policy:{best}': 0.2, bestdamage: 0.2}}",
+                f"train_threads={cfg.threads}", "promotion.temperature=0",
+            ])
+            lineage = stage1(s1, servers())
+            gained["stage1"] = lineage.get("decision")
+            best = output_of(run / "stage1")
+            agents["stage1"] = f"policy:{best}"
+        if "stage3" in cfg.stages:
+            s3 = load_config(SearchStageConfig, REPO / "curriculum/configs/stage3.yaml", [
+                f"run_dir={run / 'stage3'}", f"parent={best}", f"battles={cfg.stage3_battles}",
+                f"search={cfg.search}", f"train_threads={cfg.threads}", "promotion.temperature=0",
+            ])
+            lineage = stage3(s3, servers())
+            gained["stage3"] = lineage.get("decision")
+            best = output_of(run / "stage3")
+            agents["stage3"] = f"policy:{best}"
+        write_json({"best": str(best), "agents": agents, "gained": gained}, run / "chain.json")
+        for stage, decision in gained.items():
+            print(f"{stage}: {json.dumps(decision)}", flush=True)
+    finally:
+        servers.stop()
+    if "final" in cfg.stages:
+        from eval.tournament import main as tournament
+
+        overrides = [f"out={run / 'final'}", "formats=[gen1ou]", "team_sets=[competitive,replay,variety]",
+                     f"battles_per_pair={cfg.final_battles}", "agents.random=", "agents.heuristic=",
+                     "agents.search="]
+        overrides += [f"agents.{name}={spec},greedy=true" for name, spec in agents.items()]
+        tournament([str(REPO / "eval/configs/default.yaml"), *overrides])
+    print(f"best model: {best} (scripts/bundle_model.py {best} --results ... ships it)")
+
+
+if __name__ == "__main__":
+    main()
