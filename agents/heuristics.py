@@ -31,6 +31,8 @@ from poke_env.battle import (
 from poke_env.data import GenData
 from poke_env.player import BattleOrder, Player
 
+from battles.matchup import duel
+
 KO_BONUS = 0.5  # a KO also denies the foe its next move and forces a switch
 FAINT_COST = 0.5  # material lost with a fainted Pokémon, on top of its HP
 MIN_ROLL = 0.92  # lowest damage roll / average roll (gen 1: 217/236; later gens 85/92.5)
@@ -297,21 +299,6 @@ class Duelist:
     theirs: float  # the foe's, in fractions of ours
     faster: bool
     entry: float = 0.0  # damage taken when switching in on the foe's expected move
-
-
-def duel(hp: float, foe_hp: float, mine: float, theirs: float, faster: bool,
-         turns: int = 8) -> tuple[float, float]:
-    """Play a one-on-one out with average damage; both HPs when one faints (or after `turns`)."""
-    for _ in range(turns):
-        if faster:
-            foe_hp -= mine
-            hp -= theirs if foe_hp > 0.0 else 0.0
-        else:
-            hp -= theirs
-            foe_hp -= mine if hp > 0.0 else 0.0
-        if hp <= 0.0 or foe_hp <= 0.0:
-            break
-    return hp, foe_hp
 
 
 def trade(d: Duelist, foe_hp: float) -> tuple[float, float, bool]:

@@ -241,9 +241,10 @@ def best_damage(gen: int, att: _Fighter, dfd: _Fighter, guess: bool) -> float:
     return best * _can_act(att.mon, gen)
 
 
-def duel(hp: float, foe_hp: float, mine: float, theirs: float, faster: bool) -> float:
-    """A one-on-one with average damage: our HP left minus the foe's, in [-1, 1]."""
-    for _ in range(8):
+def duel(hp: float, foe_hp: float, mine: float, theirs: float, faster: bool,
+         turns: int = 8) -> tuple[float, float]:
+    """Play a one-on-one out with average damage; both HPs when one faints (or after `turns`)."""
+    for _ in range(turns):
         if faster:
             foe_hp -= mine
             hp -= theirs if foe_hp > 0.0 else 0.0
@@ -252,6 +253,12 @@ def duel(hp: float, foe_hp: float, mine: float, theirs: float, faster: bool) -> 
             foe_hp -= mine if hp > 0.0 else 0.0
         if hp <= 0.0 or foe_hp <= 0.0:
             break
+    return hp, foe_hp
+
+
+def _margin(hp: float, foe_hp: float, mine: float, theirs: float, faster: bool) -> float:
+    """A one-on-one's result: our HP left minus the foe's, in [-1, 1]."""
+    hp, foe_hp = duel(hp, foe_hp, mine, theirs, faster)
     return max(hp, 0.0) - max(foe_hp, 0.0)
 
 
@@ -313,7 +320,7 @@ def action_features(view: BattleView) -> tuple[list[float], list[float]]:
         faster = me.spe > foe.spe
         glob[0] = min(threat, 2.0) / 2
         glob[1] = 1.0 if faster else (0.0 if me.spe == foe.spe else -1.0)
-        glob[2] = duel(me.mon.hp, foe_view.hp, mine, threat, faster)
+        glob[2] = _margin(me.mon.hp, foe_view.hp, mine, threat, faster)
         glob[3] = min(mine, 2.0) / 2
         for slot, move in enumerate(own[0].moves[:MOVE_SLOTS]):
             feats = _move_features(gen, me, foe, move_info(gen, move), view)
@@ -333,7 +340,7 @@ def action_features(view: BattleView) -> tuple[list[float], list[float]]:
         faster = ally.spe > foe.spe
         entry = 0.0 if view.force_switch else theirs
         hp = mon.hp - entry
-        result = duel(hp, foe_view.hp, mine, theirs, faster) if hp > 0 else -foe_view.hp
+        result = _margin(hp, foe_view.hp, mine, theirs, faster) if hp > 0 else -foe_view.hp
         ko = mine > 0 and mine * MIN_ROLL >= foe_view.hp
         per_action[slot * N_ACTION:(slot + 1) * N_ACTION] = [
             min(mine, foe_view.hp), float(ko), min(theirs, 2.0) / 2,
