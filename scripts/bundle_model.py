@@ -24,11 +24,15 @@ from agents.registry import BUNDLED_DIR
 from models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def run_of(checkpoint: Path) -> Path | None:
-    """The run folder that holds a checkpoint (…/final or …/checkpoints/step-N), if any."""
-    for parent in checkpoint.parents:
+    """The run folder that holds a checkpoint (…/final or …/checkpoints/step-N), if any,
+    relative to the repository when inside it."""
+    for parent in checkpoint.resolve().parents:
         if (parent / "config.yaml").is_file():
-            return parent
+            return parent.relative_to(REPO) if parent.is_relative_to(REPO) else parent
     return None
 
 
@@ -68,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     info = read_checkpoint_info(args.checkpoint)
     results = json.loads(args.results.read_text())
-    run = run_of(args.checkpoint.resolve())
+    run = run_of(args.checkpoint)
     run_cfg = yaml.safe_load((run / "config.yaml").read_text()) if run else {}
     lineage = {"checkpoint": str(args.checkpoint), "run": str(run) if run else None, "config": run_cfg,
                "metadata": info.metadata}

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.server
 def checkpoint(tmp_path_factory):
     enc = ObservationEncoder()
     model = PolicyTransformer(PolicyConfig.preset("tiny", vocab_size=enc.vocab.size, n_tokens=enc.n_tokens,
-                                                  n_numbers=enc.n_numbers))
+                                                  n_numbers=enc.n_numbers,
+                                                  n_action_features=enc.n_action_features))
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(path, model, encoder_version=enc.version, vocab_hash=enc.vocab.hash)
     return path
@@ -63,6 +64,33 @@ def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
     assert policy.decisions >= 5 * n
     assert policy.batches < policy.decisions  # concurrent battles shared forward passes
     assert policy._caches == {}  # every finished battle released its cache
+
+
+def test_bundled_model_loads_and_plays_legally(showdown):
+    """The shipped model: loads without unpickling, plays real gen1ou battles without an illegal
+    choice, and beats random play (it wins about every game; 3 of 4 is a low bar)."""
+    from agents.registry import bundled_path
+
+    teams = load_team_set("competitive", "gen1ou")
+    policy = Watched(str(bundled_path()), greedy=True, seed=0,
+                     account_configuration=AccountConfiguration.generate("bun", rand=True),
+                     battle_format="gen1ou", team=teams.sampler(0),
+                     server_configuration=showdown.server_configuration, max_concurrent_battles=4,
+                     log_level=40)
+    policy.errors = []
+    rival = RandomPlayer(account_configuration=AccountConfiguration.generate("rnd", rand=True),
+                         battle_format="gen1ou", team=teams.sampler(1),
+                         server_configuration=showdown.server_configuration, max_concurrent_battles=4,
+                         log_level=40)
+
+    async def play():
+        await policy.battle_against(rival, n_battles=4)
+        for p in (policy, rival):
+            await p.ps_client.stop_listening()
+
+    asyncio.run(play())
+    assert policy.n_finished_battles == 4 and policy.errors == []
+    assert policy.n_won_battles >= 3
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
