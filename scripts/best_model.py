@@ -102,8 +102,9 @@ def main() -> None:
             ])
             lineage = stage1(s1, servers())
             gained["stage1"] = lineage.get("decision")
-            best = output_of(run / "stage1")
-            agents["stage1"] = f"policy:{best}"
+            if lineage.get("promoted"):
+                best = output_of(run / "stage1")
+                agents["stage1"] = f"policy:{best}"
         if "stage3" in cfg.stages:
             s3 = load_config(SearchStageConfig, REPO / "curriculum/configs/stage3.yaml", [
                 f"run_dir={run / 'stage3'}", f"parent={best}", f"battles={cfg.stage3_battles}",
@@ -111,11 +112,13 @@ def main() -> None:
             ])
             lineage = stage3(s3, servers())
             gained["stage3"] = lineage.get("decision")
-            best = output_of(run / "stage3")
-            agents["stage3"] = f"policy:{best}"
+            if lineage.get("promoted"):
+                best = output_of(run / "stage3")
+                agents["stage3"] = f"policy:{best}"
         write_json({"best": str(best), "agents": agents, "gained": gained}, run / "chain.json")
         for stage, decision in gained.items():
-            print(f"{stage}: {json.dumps(decision)}", flush=True)
+            verdict = "promoted" if (decision or {}).get("promoted") else "not promoted"
+            print(f"{stage}: {verdict}: {(decision or {}).get('reason', '')}", flush=True)
     finally:
         servers.stop()
     if "final" in cfg.stages:

@@ -19,17 +19,18 @@ from eval.match import Match
 REPO = Path(__file__).resolve().parents[1]
 
 FORMAT = "gen1ou"
-# Heuristic pairs whose battles the policy imitates (random's choices would only be noise).
-DATA_PAIRS = [("tactician", "maxbp"), ("tactician", "bestdamage"), ("bestdamage", "maxbp"),
-              ("tactician", "heuristic"), ("tactician", "tactician")]
+TEACHER = "tactician"  # our best heuristic: the policy imitates its decisions only
+# The teacher's games, (opponent, share of the battles): mostly against itself, where both
+# seats are teacher decisions, and some against weaker play, which it must also punish.
+DATA_PAIRS = [("tactician", 0.6), ("maxbp", 0.15), ("bestdamage", 0.15), ("heuristic", 0.1)]
 OPPONENTS = ["random", "maxbp", "tactician"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Qabra quickstart: battles -> trajectories -> policy -> evaluation")
     parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--battles", type=int, default=400, help="heuristic battles to learn from")
-    parser.add_argument("--steps", type=int, default=1500, help="pretraining steps")
+    parser.add_argument("--battles", type=int, default=1000, help="the teacher's battles to learn from")
+    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--eval-n", type=int, default=100, help="battles per opponent in the evaluation")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -41,40 +42,39 @@ def main() -> None:
     timings = {}
 
     with ShowdownServer() as server:
-        # 1. Battles between heuristic agents, recorded.
+        # 1. The teacher's battles, recorded.
         battles_dir = out / "battles"
-        per_pair = -(-args.battles // len(DATA_PAIRS))
-        for i, (a, b) in enumerate(DATA_PAIRS):
-            pair_dir = battles_dir / f"{a}-vs-{b}"
+        for i, (opponent, share) in enumerate(DATA_PAIRS):
+            pair_dir = battles_dir / f"{TEACHER}-vs-{opponent}"
+            want = max(1, round(args.battles * share))
             have = count_battles(pair_dir) if pair_dir.exists() else 0
-            if have < per_pair:
-                Match(a, b, battle_format=FORMAT, team_set="competitive", n=per_pair - have, out_dir=pair_dir,
-                      concurrency=args.concurrency, seed=100 + i + have, server=server).run()
+            if have < want:
+                Match(TEACHER, opponent, battle_format=FORMAT, team_set="competitive", n=want - have,
+                      out_dir=pair_dir, concurrency=args.concurrency, seed=100 + i + have, server=server).run()
         timings["battles_s"] = round(time.monotonic() - t0, 1)
 
-        # 2. Trajectories from our battles and the bundled human replays.
+        # 2. Trajectories from those battles.
         t = time.monotonic()
         traj_dir = out / "trajectories"
         built = build([battles_dir], traj_dir, progress=False)
-        human = build([REPO / "battles/data/replays"], traj_dir, progress=False)
-        print("build (selfplay):", json.dumps(built))
-        print("build (human):   ", json.dumps(human))
+        print("build:", json.dumps(built))
         timings["build_s"] = round(time.monotonic() - t, 1)
 
-        # 3. Pretrain the policy (resumes if interrupted).
+        # 3. Pretrain the policy on the teacher's decisions (resumes if interrupted).
         t = time.monotonic()
         cfg = load_config(PretrainConfig, None, [
-            f"run_dir={out / 'pretrain'}", f"data=[{traj_dir}]", "mix=selfplay:0.9,human:0.1",
+            f"run_dir={out / 'pretrain'}", f"data=[{traj_dir}]", "mix=selfplay:1.0",
+            f"select.selfplay.agents=[{TEACHER}]",
             f"formats=[{FORMAT}]", f"preset={args.preset}", f"trainer.max_steps={args.steps}",
-            "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=250",
-            "trainer.checkpoint_every=500", "trainer.log_every=25", "window=64",
+            "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=500",
+            "trainer.checkpoint_every=500", "trainer.log_every=50", "window=64", "threads=1",
         ])
         pretrain(cfg)
         timings["pretrain_s"] = round(time.monotonic() - t, 1)
 
-        # 4. The trained policy against each opponent.
+        # 4. The trained policy (greedy: its best guess of the teacher's move) against each opponent.
         t = time.monotonic()
-        policy = f"policy:{out / 'pretrain' / 'final'}"
+        policy = f"policy:{out / 'pretrain' / 'final'},greedy=true"
         rows = []
         for j, opponent in enumerate(OPPONENTS):
             result = Match(policy, opponent, battle_format=FORMAT, team_set="competitive", n=args.eval_n,
@@ -88,10 +88,22 @@ def main() -> None:
     for r in rows:
         lo, hi = r["ci95"]
         print(f"{r['opponent']:12} {r['battles']:>7} {r['p1_winrate']:>8.3f}   [{lo:.3f}, {hi:.3f}]")
+    bundled = bundled_results()
+    if bundled:
+        print(f"\nthe bundled model ({bundled['spec']}, {bundled['what']}), measured as in its model card:")
+        for r in bundled["results"]:
+            lo, hi = r["ci95"]
+            print(f"{r['opponent']:12} {r['battles']:>7} {r['winrate']:>8.3f}   [{lo:.3f}, {hi:.3f}]")
     summary = {"format": FORMAT, "policy": policy, "preset": args.preset, "steps": args.steps,
-               "data": {"selfplay": built, "human": human}, "results": rows, "timings": timings}
+               "data": built, "results": rows, "timings": timings, "bundled": bundled}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nsummary: {out / 'summary.json'} ({timings['total_s']:.0f}s)")
+
+
+def bundled_results() -> dict | None:
+    """The bundled model's measured results (its results.json), to show what the full chain reaches."""
+    path = REPO / "models" / "bundled" / "qabra-gen1ou" / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 if __name__ == "__main__":
