@@ -245,8 +245,13 @@ def run_point(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisions:
 
 
 # -- 4: report ----------------------------------------------------------------------------
+def finished_points(run: Path) -> list[dict]:
+    """Every finished point of the study folder, whichever invocation ran it."""
+    return [json.loads(p.read_text()) for p in sorted((run / "points").glob("*/point.json"))]
+
+
 def report(cfg: StudyConfig, run: Path, rows: list[dict]) -> None:
-    """study.md, study.json and study.png from the finished points."""
+    """study.md, study.json and study.png from the given points."""
     write_json(rows, run / "study.json")
     names = [cfg.teachers[0], *cfg.judges] if len(cfg.teachers) == 1 else ["teacher", *cfg.judges]
     head = ("| teacher | preset | decisions | agreement | Brier | ECE | "
@@ -313,10 +318,10 @@ def run(cfg: StudyConfig, server=None) -> list[dict]:
                               "(stop_after_steps); run the command again to go on")
                         return rows
                     rows.append(row)
+                    report(cfg, run_dir, finished_points(run_dir))
                     print(f"point {teacher}/{preset}/{decisions:,}: agreement {row['agreement']:.3f}, "
                           + ", ".join(f"vs {k} {v['winrate']:.3f}" for k, v in row["against"].items()),
                           flush=True)
-                    report(cfg, run_dir, rows)
     finally:
         servers.stop()
     print(f"study: {run_dir / 'study.md'}, {run_dir / 'study.png'}")

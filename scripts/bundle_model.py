@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 from agents.registry import BUNDLED_DIR
 from models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_info
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
