@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,8 +45,7 @@ from curriculum.imitation import PretrainConfig, validation_batches
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.pretrain import run as pretrain
 from curriculum.trainer import TrainerConfig
-from eval.match import Match, tally
-from eval.ratings import wilson_interval
+from eval.match import Match, folder_name, play_over_team_sets
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -96,8 +94,7 @@ class StudyConfig:
             raise ValueError(f"eval_battles={self.eval_battles}: at least one per team set")
 
 
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+_slug = folder_name
 
 
 def teacher_decisions(traj_dir: Path, teacher: str) -> int:
@@ -201,20 +198,9 @@ def calibration(checkpoint: Path, pre: PretrainConfig) -> dict:
 
 def judge(cfg: StudyConfig, policy: str, opponent: str, out: Path, servers: ServerOnDemand) -> dict:
     """`eval_battles` of the policy against one opponent over the team sets (resumable)."""
-    per_set = -(-cfg.eval_battles // len(cfg.team_sets))
-    n = wins = ties = 0
-    for j, team_set in enumerate(cfg.team_sets):
-        folder = out / f"{_slug(opponent)}-{team_set}"
-        have = tally(folder, policy)[0]
-        if have < per_set:
-            Match(policy, opponent, battle_format=cfg.format, team_set=team_set, n=per_set - have,
-                  out_dir=folder, concurrency=cfg.eval_concurrency, seed=cfg.seed + 7919 + j + have,
-                  server=servers(), progress=False).run()
-        b, w, t = tally(folder, policy)
-        n, wins, ties = n + b, wins + w, ties + t
-    score = wins + 0.5 * ties
-    lo, hi = wilson_interval(score, n)
-    return {"battles": n, "wins": wins, "ties": ties, "winrate": score / n, "ci95": [lo, hi]}
+    return play_over_team_sets(policy, opponent, cfg.eval_battles, cfg.team_sets, out,
+                               battle_format=cfg.format, seed=cfg.seed + 7919,
+                               concurrency=cfg.eval_concurrency, server=servers())
 
 
 def run_point(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisions: int,

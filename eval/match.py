@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -287,6 +288,33 @@ def tally(folder: str | Path, spec: str) -> tuple[int, int, int]:
         ties += not rec.winner
         wins += bool(rec.winner) and rec.specs.get(rec.winner) == spec
     return n, wins, ties
+
+
+def folder_name(spec: str) -> str:
+    """An agent spec as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+
+
+def play_over_team_sets(agent: str, opponent: str, n: int, team_sets: list[str], out: str | Path, *,
+                        battle_format: str, seed: int, concurrency: int, server) -> dict:
+    """`n` battles of `agent` against `opponent` split evenly over the team sets, one folder each
+    under `out`; a rerun plays only what is missing. Counts, win rate, 95% interval, per set."""
+    per_set = -(-n // len(team_sets))
+    total = wins = ties = 0
+    by_set = {}
+    for j, team_set in enumerate(team_sets):
+        folder = Path(out) / f"{folder_name(opponent)}-{team_set}"
+        have = tally(folder, agent)[0]
+        if have < per_set:
+            Match(agent, opponent, battle_format=battle_format, team_set=team_set, n=per_set - have,
+                  out_dir=folder, concurrency=concurrency, seed=seed + j + have, server=server,
+                  progress=False).run()
+        b, w, t = tally(folder, agent)
+        by_set[team_set] = (w + 0.5 * t) / b
+        total, wins, ties = total + b, wins + w, ties + t
+    lo, hi = wilson_interval(wins + 0.5 * ties, total)
+    return {"battles": total, "wins": wins, "ties": ties, "winrate": (wins + 0.5 * ties) / total,
+            "ci95": [lo, hi], "by_team_set": by_set}
 
 
 def run_match(p1: str, p2: str, **kwargs) -> MatchResult:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 from battles.server import ShowdownServer
-from eval.match import Match, tally
-from eval.ratings import wilson_interval
+from eval.match import play_over_team_sets
 
 
 def main() -> None:
@@ -41,24 +39,14 @@ def main() -> None:
         for i, item in enumerate(args.opponents):
             name, _, count = item.partition(":")
             n = int(count or 200)
-            per_set = -(-n // len(args.team_sets))
-            total = wins = ties = 0
-            by_set = {}
-            for j, team_set in enumerate(args.team_sets):
-                folder = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{team_set}"
-                have = tally(folder, args.agent)[0]
-                if have < per_set:
-                    Match(args.agent, name, battle_format=args.format, team_set=team_set, n=per_set - have,
-                          out_dir=folder, concurrency=args.concurrency, seed=args.seed + 100 * i + j + have,
-                          server=server, progress=False).run()
-                b, w, t = tally(folder, args.agent)
-                by_set[team_set] = round((w + 0.5 * t) / b, 4)
-                total, wins, ties = total + b, wins + w, ties + t
-            lo, hi = wilson_interval(wins + 0.5 * ties, total)
-            rows.append({"opponent": name, "battles": total, "wins": wins, "ties": ties,
-                         "winrate": round((wins + 0.5 * ties) / total, 4), "ci95": [round(lo, 4), round(hi, 4)],
-                         "by_team_set": by_set})
-            print(f"{name:12} {total:>5} {rows[-1]['winrate']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {by_set}", flush=True)
+            r = play_over_team_sets(args.agent, name, n, args.team_sets, out, battle_format=args.format,
+                                    seed=args.seed + 100 * i, concurrency=args.concurrency, server=server)
+            lo, hi = r["ci95"]
+            rows.append({"opponent": name, "battles": r["battles"], "wins": r["wins"], "ties": r["ties"],
+                         "winrate": round(r["winrate"], 4), "ci95": [round(lo, 4), round(hi, 4)],
+                         "by_team_set": {k: round(v, 4) for k, v in r["by_team_set"].items()}})
+            by_set = rows[-1]["by_team_set"]
+            print(f"{name:12} {r['battles']:>5} {rows[-1]['winrate']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {by_set}", flush=True)
     result = {"spec": args.agent, "format": args.format, "team_sets": args.team_sets, "results": rows,
               "seconds": round(time.monotonic() - t0)}
     out.mkdir(parents=True, exist_ok=True)
