@@ -1,18 +1,23 @@
 """Battle logs to first-person trajectories, for both players of every battle.
 
-    python -m battles.build --logs PATH... --out DIR [--workers N]
+    python -m battles.build --logs PATH... --out DIR [--workers N] [--max-turns T] [--max-bytes B]
 
-Inputs: replay JSON files or folders of them (the shape of public Showdown replays and
-of bulk replay dumps: `id`, `format`/`formatid`, `players`, `log`, `uploadtime`,
-`rating`; server logs with `inputLog` and `p1team`/`p2team` give exact choices and
-teams), raw `.log` protocol text, and Qabra's own recorded battle shards
-(battles/logs.py). Human logs become source `human`; our battles become `selfplay`
-(or `--source`).
+Inputs: replays as people save them (battles/replays.py reads them): replay JSON files
+(the shape of public Showdown replays and of bulk replay dumps: `id`, `format`/`formatid`,
+`players`, `log`, `uploadtime`, `rating`; server logs with `inputLog` and `p1team`/`p2team`
+give exact choices and teams), raw `.log` protocol text, HTML replay pages (Showdown's
+downloads, poke-env's saved replays), alone, in folders or in zip/tar archives; and
+Qabra's own recorded battle shards (battles/logs.py). Human logs become source `human`;
+our battles become `selfplay` (or `--source`).
 
 Writes trajectory shards to DIR, skips battles already built there when run again (a
-build killed half-way resumes without duplicates: a shard is complete or absent), and
-ends with one JSON line: inputs, trajectories, decisions, skipped (count per reason),
-unknown_tokens, inputs_per_s. One bad file never stops a build.
+build killed half-way resumes without duplicates: a shard is complete or absent, and a
+killed build's temporary shard is removed), and ends with one JSON line: inputs,
+trajectories, decisions, skipped (count per reason: `bad_field:format`, `not_utf8`,
+`format_mismatch`, `too_long:turns`, ...), recovered (winners inferred from a forfeit, an
+inactivity loss or a side with no Pokémon left, when a log stops before `|win|`),
+unknown_tokens, inputs_per_s. No input stops a build, and memory stays bounded: a battle
+past --max-turns or a file past --max-bytes is skipped before it is parsed.
 """
 
 from __future__ import annotations
@@ -33,16 +38,25 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from battles.encode import ObservationEncoder
-from battles.logs import read_battle_logs, to_id
-from battles.shards import list_shards
+from battles.logs import read_battle_logs
+from battles.replays import (
+    Limits,
+    Skip,
+    check_replay,
+    count_turns,
+    is_archive_name,
+    is_doubles,
+    is_replay_name,
+    iter_archive,
+    read_file,
+    replays_from_bytes,
+    winner_of,
+)
+from battles.shards import CorruptShard, list_shards, reading, remove_stale_temporaries
 from battles.trajectories import ShardWriter, Trajectory
 from battles.view import decisions_from_log
 
 HUMAN, SELFPLAY = "human", "selfplay"
-
-
-class Skip(Exception):
-    """An input that cannot become trajectories; the message is the reason's key."""
 
 
 @dataclass
@@ -56,92 +70,92 @@ class Item:
     teams: dict | None = None
     agents: dict = field(default_factory=dict)
     team_set: str | None = None
+    winner: str | None = None  # 'p1' | 'p2' | '' (tie), set by check_battle
+    inferred: str | None = None  # how the winner was inferred when the log stops before |win|
 
 
 # -- reading inputs ------------------------------------------------------------------
-def _format_of(data: dict, log: str) -> str:
-    fmt = data.get("formatid") or data.get("format") or ""
-    if fmt and " " not in fmt and "[" not in fmt:
-        return to_id(fmt)
-    for line in log.split("\n", 200)[:200]:
-        if line.startswith("|tier|"):
-            return to_id(line[6:])
-    return to_id(fmt)
-
-
-def item_from_replay(data: dict, origin: str, source: str = HUMAN) -> Item:
-    """A replay JSON (public replay or server log) as a build item; raises Skip."""
-    if not isinstance(data, dict):
-        raise Skip("not_a_replay_object")
-    log = data.get("log")
-    if isinstance(log, list):
-        log = "\n".join(log)
-    if not isinstance(log, str) or not log.strip():
-        raise Skip("missing_field:log")
-    players = data.get("players") or [data.get("p1"), data.get("p2")]
-    if not players or len(players) < 2 or not all(isinstance(p, str) for p in players[:2]):
-        raise Skip("missing_field:players")
-    fmt = _format_of(data, log)
-    if not fmt:
-        raise Skip("missing_field:format")
-    key = str(data.get("id") or data.get("roomid") or origin)
-    replay = {"id": key, "format": fmt, "players": list(players[:2]), "log": log,
-              "uploadtime": data.get("uploadtime") or data.get("timestamp"), "rating": data.get("rating")}
-    choices = teams = None
-    if isinstance(data.get("inputLog"), list):  # a server log: exact choices and teams
+def item_from_replay(data: object, origin: str, source: str = HUMAN, limits: Limits = Limits()) -> Item:
+    """A replay (public replay, server log, `.log` or HTML page read by battles.replays) as a
+    build item; raises Skip naming what is wrong."""
+    r = check_replay(data, origin, limits)
+    replay = {"id": r["id"], "format": r["format"], "players": r["players"], "log": r["log"],
+              "uploadtime": r["uploadtime"], "rating": r["rating"]}
+    choices = None
+    if r["input_log"] is not None:  # a server log: exact choices (and teams)
         choices = {"p1": [], "p2": []}
-        for line in data["inputLog"]:
+        for line in r["input_log"]:
             if line[:3] in (">p1", ">p2") and line[3:4] == " ":
                 choices[line[1:3]].append(line[4:])
-        if isinstance(data.get("p1team"), list) and isinstance(data.get("p2team"), list):
-            teams = {"p1": data["p1team"], "p2": data["p2team"]}
-    if replay["rating"] is None and isinstance(data.get("p1rating"), dict):
-        replay["rating"] = data["p1rating"].get("elo")
-    return Item(key=key, replay=replay, source=source, choices=choices, teams=teams)
+    return Item(key=r["id"], replay=replay, source=source, choices=choices, teams=r["teams"])
 
 
-def _iter_files(paths: list[Path]) -> Iterator[Path]:
+def _walk(paths: list[Path]) -> Iterator[Path]:
     for p in paths:
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".log", ".parquet"))
+            yield from sorted(f for f in p.rglob("*") if f.is_file()
+                              and (f.suffix == ".parquet" or is_replay_name(f.name) or is_archive_name(f.name)))
         elif p.exists():
             yield p
         else:
             raise FileNotFoundError(f"--logs {p}: no such file or folder")
 
 
-def iter_items(paths: list[Path], source: str | None, skipped: collections.Counter) -> Iterator[Item]:
-    """Every battle in the inputs, as build items; unreadable files are counted in `skipped`."""
-    for path in _iter_files(paths):
+def _members(path: Path, limits: Limits) -> Iterator[tuple[str, bytes | Skip]]:
+    if is_archive_name(path.name):
+        yield from iter_archive(path, limits)
+        return
+    try:
+        yield str(path), read_file(path, limits)
+    except OSError as err:
+        yield str(path), Skip(f"unreadable:{type(err).__name__}")
+    except Skip as err:
+        yield str(path), err
+
+
+def iter_items(paths: list[Path], source: str | None, skipped: collections.Counter,
+               limits: Limits = Limits()) -> Iterator[Item]:
+    """Every battle in the inputs, as build items; unreadable ones are counted in `skipped`."""
+    for path in _walk(paths):
         if path.suffix == ".parquet":
-            schema = pq.read_schema(path)
-            if "p1_choices" not in schema.names:
-                continue  # trajectory shards and other tables are not inputs
-            for rec in read_battle_logs(path):
-                yield Item(key=rec.id, replay=rec.replay, source=source or SELFPLAY, choices=rec.choices,
-                           teams=rec.teams, agents=dict(rec.specs), team_set=rec.team_set)
-        elif path.suffix == ".log":
-            text = path.read_text(errors="replace")
-            players = ["", ""]
-            for line in text.split("\n"):
-                if line.startswith("|player|"):
-                    parts = line.split("|")
-                    if len(parts) > 3 and parts[2] in ("p1", "p2"):
-                        players[int(parts[2][1]) - 1] = parts[3]
             try:
-                yield item_from_replay({"id": path.stem, "players": players, "log": text}, str(path), source or HUMAN)
+                with reading(path):
+                    if "p1_choices" not in pq.read_schema(path).names:
+                        continue  # trajectory shards and other tables are not inputs
+                    for rec in read_battle_logs(path):
+                        yield Item(key=rec.id, replay=rec.replay, source=source or SELFPLAY, choices=rec.choices,
+                                   teams=rec.teams, agents=dict(rec.specs), team_set=rec.team_set)
+            except CorruptShard as err:
+                skipped["corrupt_shard"] += 1
+                tqdm.write(f"skipped: {err}")
+            continue
+        for name, data in _members(path, limits):
+            try:
+                if isinstance(data, Skip):
+                    raise data
+                raws = replays_from_bytes(data, name)
             except Skip as err:
-                skipped[str(err)] += 1
-        else:
-            try:
-                data = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                skipped["not_json"] += 1
+                skipped[str(err).split(": ")[0]] += 1
                 continue
-            try:
-                yield item_from_replay(data, str(path), source or HUMAN)
-            except Skip as err:
-                skipped[str(err)] += 1
+            for i, raw in enumerate(raws):
+                try:
+                    yield item_from_replay(raw, name if len(raws) == 1 else f"{name}#{i}", source or HUMAN, limits)
+                except Skip as err:
+                    skipped[str(err)] += 1
+
+
+def check_battle(item: Item, limits: Limits) -> None:
+    """Set the item's winner, or raise Skip: too long, doubles, never started, no winner."""
+    log = item.replay["log"]
+    if count_turns(log) > limits.max_turns:
+        raise Skip("too_long:turns")
+    if is_doubles(log):
+        raise Skip("doubles_not_supported")
+    if "|turn|1" not in log:
+        raise Skip("ended_before_turn_1")
+    if "\n|error|" in log or log.startswith("|error|"):
+        raise Skip("error_line")
+    item.winner, item.inferred = winner_of(log, item.replay["players"])
 
 
 # -- building one battle -----------------------------------------------------------------
@@ -155,33 +169,11 @@ def _encoder() -> ObservationEncoder:
     return _ENCODER
 
 
-def _winner_side(log: str, players: list[str]) -> str | None:
-    """'p1', 'p2', '' for a tie, None when the log has no ending (truncated)."""
-    for line in reversed(log.rstrip().split("\n")[-60:]):
-        if line.startswith("|win|"):
-            name = to_id(line[5:])
-            for side, player in zip(("p1", "p2"), players):
-                if to_id(player) == name:
-                    return side
-            return None
-        if line == "|tie" or line.startswith("|tie|"):
-            return ""
-    return None
-
-
 def build_item(item: Item) -> tuple[list[Trajectory], str | None, int]:
     """Trajectories of both players of one battle, or a skip reason; plus unknown tokens seen."""
+    assert item.winner is not None, "check_battle(item) sets the winner before the build"
     enc = _encoder()
-    log = item.replay["log"]
-    if "|gametype|doubles" in log or "|gametype|triples" in log or "|gametype|freeforall" in log:
-        return [], "doubles_not_supported", 0
-    if "|turn|1" not in log:
-        return [], "ended_before_turn_1", 0
-    if "\n|error|" in log or log.startswith("|error|"):
-        return [], "error_line", 0
-    winner = _winner_side(log, item.replay["players"])
-    if winner is None:
-        return [], "truncated_or_no_winner", 0
+    winner = item.winner
     before = enc.vocab.misses
     try:
         by_side = decisions_from_log(item.replay, ("p1", "p2"), item.choices, item.teams)
@@ -225,22 +217,39 @@ def built_ids(out: Path) -> set[str]:
     """Battle ids already in complete shards of `out`."""
     done: set[str] = set()
     for shard in list_shards(out) if out.exists() else []:
-        done.update(pq.read_table(shard, columns=["battle_id"]).column("battle_id").to_pylist())
+        with reading(shard):
+            done.update(pq.read_table(shard, columns=["battle_id"]).column("battle_id").to_pylist())
     return done
 
 
+def _in_order(pool, items: Iterator[Item], window: int) -> Iterator[tuple[list[Trajectory], str | None, int]]:
+    """Results of build_item over `items`, in order, with at most `window` battles in flight.
+
+    Pool.imap would read every input ahead into its task queue: memory grows with the input.
+    """
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(build_item, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: str | None = None,
-          rows_per_shard: int = 2048, progress: bool = True) -> dict:
+          rows_per_shard: int = 2048, progress: bool = True, limits: Limits = Limits()) -> dict:
     """Build trajectories from `logs` into `out`; returns the summary dict."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     done = built_ids(out)
     skipped: collections.Counter = collections.Counter()  # before dispatch: unreadable, duplicate, built
     failed: collections.Counter = collections.Counter()  # dispatched, but no trajectories
+    recovered: collections.Counter = collections.Counter()
     seen: set[str] = set()
 
     def fresh_items() -> Iterator[Item]:
-        for item in iter_items([Path(p) for p in logs], source, skipped):
+        for item in iter_items([Path(p) for p in logs], source, skipped, limits):
             if item.key in seen:
                 skipped["duplicate_id"] += 1
                 continue
@@ -248,6 +257,13 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             if item.key in done:
                 skipped["already_built"] += 1
                 continue
+            try:
+                check_battle(item, limits)
+            except Skip as err:
+                skipped[str(err)] += 1
+                continue
+            if item.inferred:
+                recovered[f"winner_inferred:{item.inferred}"] += 1
             yield item
 
     stats = {"inputs": 0, "trajectories": 0, "decisions": 0, "unknown_tokens": 0}
@@ -258,7 +274,7 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             tqdm(desc="build", unit="battle", disable=not progress) as bar:
         if workers > 1:
             pool = mp.get_context("spawn").Pool(workers, initializer=_fewer_collections)
-            results = pool.imap(build_item, fresh_items(), chunksize=16)
+            results = _in_order(pool, fresh_items(), window=32 * workers)
         else:
             pool = None
             gc_thresholds = _fewer_collections()
@@ -280,21 +296,33 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             gc.set_threshold(*gc_thresholds)
     elapsed = time.monotonic() - start
     stats["inputs"] += sum(skipped.values())
-    return {**stats, "skipped": dict(sorted((skipped + failed).items())),
+    return {**stats, "skipped": dict(sorted((skipped + failed).items())), "recovered": dict(sorted(recovered.items())),
             "inputs_per_s": round(stats["inputs"] / elapsed, 2) if elapsed > 0 else None}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build first-person trajectories from battle logs.")
-    parser.add_argument("--logs", nargs="+", required=True, help="replay JSON / .log files or folders, battle shards")
+    parser.add_argument("--logs", nargs="+", required=True,
+                        help="replay JSON / .log / HTML files, folders or zip/tar archives of them, battle shards")
     parser.add_argument("--out", required=True, help="folder for trajectory shards")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--source", default=None, help="override the source label (default: human / selfplay)")
+    parser.add_argument("--max-turns", type=int, default=Limits.max_turns,
+                        help="skip battles longer than this (too_long:turns)")
+    parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes,
+                        help="skip replay files larger than this (too_long:bytes)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers {args.workers}: use 1 or more processes")
     try:
-        summary = build(args.logs, args.out, workers=args.workers, source=args.source, progress=not args.quiet)
-    except FileNotFoundError as err:
+        limits = Limits(max_bytes=args.max_bytes, max_turns=args.max_turns)
+    except ValueError as err:
+        raise SystemExit(f"error: --max-bytes / --max-turns: {err}") from None
+    try:
+        summary = build(args.logs, args.out, workers=args.workers, source=args.source, progress=not args.quiet,
+                        limits=limits)
+    except (FileNotFoundError, CorruptShard) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(summary), flush=True)
 

@@ -6,7 +6,9 @@
 
 Reads top to bottom: resolve the config, build the data mix and a held-out split, build
 (or load) the model, define the loss, hand everything to the shared trainer. Running the
-same command again resumes the run in `run_dir`. Several processes:
+same command again resumes the run in `run_dir`; on a finished run it changes nothing and
+prints its results; on a run folder another command is running in, it stops at once
+naming that command. Several processes:
 
     torchrun --nproc_per_node N -m curriculum.pretrain key=value ...
     accelerate launch --config_file curriculum/configs/fsdp_large.yaml -m curriculum.pretrain \
@@ -25,6 +27,7 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 
 from battles.dataset import MixLoader
 from battles.encode import ObservationEncoder
@@ -39,7 +42,8 @@ from curriculum.imitation import (
     training_mix,
     validation_batches,
 )
-from curriculum.trainer import Trainer, make_accelerator
+from curriculum.run_folder import run_dir_lock
+from curriculum.trainer import Trainer, TrainResult, finished_result, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     try:
         run(cfg)
-    except DistributedStartError as err:
+    # Errors a user causes (a bad preset, window, mix or data path, a missing or damaged
+    # checkpoint, a run folder in use: RunFolderBusy) are ValueError / FileNotFoundError with a message
+    # naming the key or path and what to do: one line, no traceback.
+    except (DistributedStartError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def _report(result: TrainResult, cfg: PretrainConfig) -> None:
+    print(f"pretrain: step {result.step}/{cfg.trainer.max_steps}, "
+          f"loss {result.last_metrics.get('loss', float('nan')):.4f}, "
+          f"val {result.val_metrics}, checkpoint {result.final_checkpoint}", flush=True)
 
 
 def run(cfg: PretrainConfig):
@@ -65,6 +78,19 @@ def run(cfg: PretrainConfig):
     run_dir = Path(cfg.run_dir)
     # First: the process group, so that the data below is split by rank.
     accelerator = make_accelerator(cfg.trainer)
+    with run_dir_lock(run_dir, accelerator):
+        done = [finished_result(run_dir, cfg.trainer)]
+        if accelerator.num_processes > 1:  # rank 0's view of the folder decides for every rank
+            done = broadcast_object_list(done)
+        if done[0] is not None:  # finished before: build nothing, rewrite nothing
+            if accelerator.is_main_process:
+                log.info("%s is a finished run; raise trainer.max_steps to train it further", run_dir)
+                _report(done[0], cfg)
+            return done[0]
+        return _train(cfg, run_dir, accelerator)
+
+
+def _train(cfg: PretrainConfig, run_dir: Path, accelerator):
     set_threads(cfg.threads)
     encoder = ObservationEncoder()
     mix = training_mix(cfg, encoder)
@@ -84,9 +110,7 @@ def run(cfg: PretrainConfig):
     )
     result = trainer.fit()
     if trainer.is_main:
-        print(f"pretrain: step {result.step}/{cfg.trainer.max_steps}, "
-              f"loss {result.last_metrics.get('loss', float('nan')):.4f}, "
-              f"val {result.val_metrics}, checkpoint {result.final_checkpoint}", flush=True)
+        _report(result, cfg)
     return result
 
 

@@ -11,7 +11,15 @@ Several processes (torchrun, accelerate launch): build the Accelerator with
 `make_accelerator(cfg)` before the data, so that datasets see their rank; it sets the NCCL
 defaults, guards the rendezvous and runs a pre-flight check (curriculum.distributed).
 
+A run folder has one owner: `run_dir_lock` (taken by `fit`, and by a recipe before it
+builds anything) refuses a second command on a folder in use, naming the holder; the
+kernel drops the lock when its holder dies, so a crashed run never leaves it stuck.
+A finished run started again changes nothing and reports its results; a kill between a
+state save and its model checkpoint is repaired on resume (the checkpoint is written
+from that state); temporary folders a kill left behind are removed on start.
+
 Run folder layout:
+    run.lock             who runs in this folder now (pid, host, command)
     config.yaml          resolved config (written by the recipe)
     metrics.jsonl        one JSON line per logged step (and per validation)
     wandb_id             the wandb run id, fixed at the first start (every restart logs to it)
@@ -37,10 +45,17 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from tqdm import tqdm
 
 from curriculum import distributed
+from curriculum.run_folder import logged_metrics, remove_temporaries, run_dir_lock
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +139,27 @@ def _step_folders(folder: Path) -> list[tuple[int, Path]]:
 def state_steps(run_dir: str | Path) -> list[int]:
     """Steps of the training states saved in `run_dir` (oldest first)."""
     return [step for step, _ in _step_folders(Path(run_dir) / "state")]
+
+
+def finished_result(run_dir: str | Path, cfg: TrainerConfig, *, checkpoints: bool = True) -> TrainResult | None:
+    """A finished run's result read from its folder (nothing is loaded), or None when unfinished.
+
+    Finished: a training state at `max_steps` and the model checkpoints it implies (`final`,
+    and the last step's when that step is a checkpoint step) are there. `checkpoints=False`
+    for trainers that save no model. Lets a recipe that is started again on a finished run
+    report it without building data or a model.
+    """
+    run_dir = Path(run_dir)
+    steps = state_steps(run_dir)
+    if not steps or steps[-1] < cfg.max_steps:
+        return None
+    step = steps[-1]
+    final = run_dir / "final"
+    if checkpoints and (not final.is_dir() or (
+            step % cfg.checkpoint_every == 0 and not (run_dir / "checkpoints" / f"step-{step:07d}").is_dir())):
+        return None
+    last, val = logged_metrics(run_dir, step)
+    return TrainResult(step, True, final if checkpoints else None, last, val)
 
 
 def make_accelerator(cfg: TrainerConfig) -> Accelerator:
@@ -408,15 +444,47 @@ class Trainer:
         return {f"val_{k}": v / weight for k, v in merged.items()}
 
     # -- the loop -----------------------------------------------------------------
+    def _restore_checkpoints(self) -> None:
+        """Write the model checkpoints the resumed state implies but a kill kept from being saved.
+
+        The state is saved first, then the checkpoint; a kill between them leaves a state
+        whose checkpoint is missing, and the resumed model is exactly the one to save.
+        """
+        if self.save_model is None or self.step == 0:
+            return
+        wanted = []
+        if self.step % self.cfg.checkpoint_every == 0:
+            wanted.append(self.run_dir / "checkpoints" / f"step-{self.step:07d}")
+        if self.step >= self.cfg.max_steps:
+            wanted.append(self.run_dir / "final")
+        for path in wanted:
+            missing = [not path.is_dir()]
+            if self.accelerator.num_processes > 1:  # rank 0's file system decides, for every rank
+                missing = broadcast_object_list(missing)
+            if missing[0]:
+                last, val = logged_metrics(self.run_dir, self.step) if self.is_main else ({}, {})
+                log.info("writing checkpoint %s from the training state at step %d", path, self.step)
+                self._save_checkpoint(path, {**last, **val})
+
     def fit(self) -> TrainResult:
         """Train to `max_steps` (or `stop_after_steps` more), checkpointing and resuming."""
+        with run_dir_lock(self.run_dir, self.accelerator):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.run_dir)
         self.accelerator.wait_for_everyone()
         self._try_resume()
         self._fix_wandb_id()
         self._truncate_metrics()
+        self._restore_checkpoints()
+        if self.step >= cfg.max_steps:  # finished before: report it, rewrite nothing
+            last, val = logged_metrics(self.run_dir, self.step) if self.is_main else ({}, {})
+            final = self.run_dir / "final" if self.save_model is not None else None
+            return TrainResult(self.step, True, final, last, val)
         self._start_wandb()
         stop_at = min(cfg.max_steps, self.step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps
         data = iter(self.train_data)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from models.policy import PolicyConfig, PolicyTransformer
@@ -23,6 +25,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "qabra-checkpoint"
 FORMAT_VERSION = 1
+
+
+PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+class CheckpointNotFound(FileNotFoundError, ValueError):
+    """A checkpoint folder or one of its files is missing (a ValueError too, for CLIs that catch those)."""
 
 
 @dataclass
@@ -109,6 +118,31 @@ def save_checkpoint(
     return path
 
 
+_LEFT_BEHIND = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+
+
+def clean_interrupted_saves(folder: str | os.PathLike) -> list[Path]:
+    """Repair what saves killed mid-way left in `folder`; returns the checkpoints restored.
+
+    A temporary folder (`.NAME.tmp-*`) is deleted; a previous checkpoint put aside
+    (`.NAME.old-*`) goes back to NAME when NAME is missing, and is deleted otherwise.
+    Call it only when no save into `folder` is running (the trainer holds its run folder).
+    """
+    folder = Path(folder)
+    restored = []
+    for left in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = _LEFT_BEHIND.match(left.name)
+        if not m or not left.is_dir():
+            continue
+        final = folder / m.group("name")
+        if m.group("kind") == "old" and not final.exists():
+            os.rename(left, final)
+            restored.append(final)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+    return restored
+
+
 def _missing_hint(path: Path) -> str:
     """Point at a previous checkpoint left aside by an interrupted save, if any."""
     aside = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
@@ -121,10 +155,10 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read and validate a checkpoint's config.json without loading weights."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint folder at {path}{_missing_hint(path)}")
+        raise CheckpointNotFound(f"no checkpoint folder at {path}{_missing_hint(path)}")
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointNotFound(
             f"checkpoint {path} has no {CONFIG_NAME} ({cfg_path}); it is incomplete: "
             "save it again with models.checkpoint.save_checkpoint"
         )
@@ -176,10 +210,18 @@ def load_checkpoint(
         )
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLED_SUFFIXES)
+        if pickled:
+            raise CheckpointNotFound(
+                f"checkpoint {path} has no {WEIGHTS_NAME}; {', '.join(pickled)} is ignored: Qabra never "
+                "loads pickled files (unpickling can run any code). Save the weights as safetensors "
+                "with models.checkpoint.save_checkpoint"
+            )
+        raise CheckpointNotFound(
             f"checkpoint {path} has no {WEIGHTS_NAME} ({weights}); it is incomplete: "
             "save it again with models.checkpoint.save_checkpoint"
         )
+    _check_shapes(weights, info.config, path / CONFIG_NAME)
     try:
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types for bad headers/data
@@ -192,3 +234,22 @@ def load_checkpoint(
             f"weights in {weights} do not match the model config in {path / CONFIG_NAME}: {e}"
         ) from e
     return model.to(device).eval(), info
+
+
+def _check_shapes(weights: Path, config: PolicyConfig, cfg_path: Path) -> None:
+    """Compare the config's parameter shapes with the file's headers before allocating anything:
+    a config.json asking for a huge model must not cost gigabytes to be found wrong."""
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in PolicyTransformer(config).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"corrupt checkpoint weights {weights}: {e}") from e
+    wrong = [f"{k}: config {expected[k]}, file {found[k]}" for k in expected if k in found and expected[k] != found[k]]
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if wrong or missing or extra:
+        details = "; ".join(wrong[:3] + ([f"missing {missing[:3]}"] if missing else [])
+                            + ([f"unexpected {extra[:3]}"] if extra else []))
+        raise ValueError(f"weights in {weights} do not match the model config in {cfg_path}: {details}; "
+                         "use the config.json saved with these weights")

@@ -5,8 +5,12 @@
 
 Both write one JSON per replay to OUT/<formatid>/<id>.json (written to a temporary
 name, then renamed), with player names replaced by pseudonyms, and end by printing a
-one-line JSON summary. Downloading is polite (one request per second by default),
-de-duplicated by id, and resumable: replays already on disk are never fetched again.
+one-line JSON summary. Import reads replay JSON, raw `.log` files and HTML replay pages
+(Showdown's downloads, poke-env's saved replays) alone, in folders and in zip/tar
+archives; a file that cannot be a replay is counted under a reason (battles/replays.py
+names them) and never stops the import. Downloading is polite (one request per second
+by default), de-duplicated by id, and resumable: replays already on disk are never
+fetched again.
 """
 
 from __future__ import annotations
@@ -16,21 +20,31 @@ import json
 import os
 import re
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
+from battles.replays import (
+    Limits,
+    Skip,
+    check_replay,
+    is_archive_name,
+    is_replay_name,
+    iter_archive,
+    read_file,
+    replays_from_bytes,
+)
+
 DEFAULT_BASE_URL = "https://replay.pokemonshowdown.com"
 USER_AGENT = "qabra-get-replays/0.1 (research; polite)"
 MAX_BYTES = 64 * 1024 * 1024  # no real replay is near this; guards against odd archive members
+MAX_NAME = 200  # characters of an id or format: <id>.json and its temporary name fit in 255 bytes
 _ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)+$")
 _SIDE_RE = re.compile(r"^(p\d: )(.+)$")
 _RANK_SYMBOLS = set(" +%@*&~#$^☆§‽!")
@@ -40,11 +54,6 @@ _USER_LINES = {"c", "chat", "j", "J", "join", "l", "L", "leave", "n", "N", "name
 _TEXT_LINES = {"c", "chat", "c:", "inactive", "inactiveoff", "-message", "message", "raw", "html",
                "uhtml", "uhtmlchange", "bigerror", "error", "title", "chatmsg", "chatmsg-raw",
                "debug", "-hint", "notify"}
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-
-
-class Skip(Exception):
-    """A replay that is counted and skipped; the message is the reason."""
 
 
 def to_id(text: str) -> str:
@@ -58,17 +67,9 @@ def _split_rank(user: str) -> tuple[str, str]:
     return "", user
 
 
-def _log_lines(log) -> list[str]:
-    if isinstance(log, str):
-        return log.split("\n")
-    if isinstance(log, list) and all(isinstance(x, str) for x in log):
-        return list(log)
-    raise Skip("bad_log")
-
-
 def anonymise(replay: dict) -> dict:
     """Replace player (and spectator) names by pseudonyms stable within this battle."""
-    lines = _log_lines(replay["log"])
+    lines = replay["log"].split("\n") if isinstance(replay["log"], str) else list(replay["log"])
     pseudonym: dict[str, str] = {}  # to_id(name) -> pseudonym
     for line in lines:
         parts = line.split("|")
@@ -161,38 +162,30 @@ def anonymise(replay: dict) -> dict:
     return replay
 
 
-def normalise(raw: object) -> dict:
-    """A replay in the common layout (id, formatid, format, players, log, ...), anonymised."""
+def normalise(raw: object, origin: str = "") -> dict:
+    """A replay in the common layout (id, formatid, format, players, log, ...), anonymised.
+
+    Raises Skip naming what is wrong; the fields are checked as battles.build checks them,
+    so every replay imported here can be built.
+    """
     if not isinstance(raw, dict):
-        raise Skip("not_an_object")
+        raise Skip("not_a_replay_object")
     rid = raw.get("id") or raw.get("roomid")
     if not isinstance(rid, str) or not rid:
         raise Skip("missing_id")
     rid = rid.removeprefix("battle-")
+    if len(rid) > MAX_NAME:
+        raise Skip("too_long:id")
     if not _ID_RE.match(rid):
         raise Skip("bad_id")
-    if "log" not in raw:
-        raise Skip("missing_log")
-    lines = _log_lines(raw["log"])
-    if not any(line.strip() for line in lines):
-        raise Skip("empty_log")
-    tier = next((line.split("|")[2] for line in lines
-                 if line.startswith("|tier|") and len(line.split("|")) > 2), "")
-    formatid = to_id(raw.get("formatid") or raw.get("format") or tier)
-    if not formatid:
-        raise Skip("missing_format")
+    # Turns are the build's limit to set; here only the bytes bound memory.
+    checked = check_replay(raw, origin, Limits(max_bytes=MAX_BYTES, max_turns=sys.maxsize))
+    if len(checked["format"]) > MAX_NAME:
+        raise Skip("too_long:format")
     replay = {k: v for k, v in raw.items() if k != "password"}
     # Server logs keep `log` as a list of lines; one string is the replay API's shape.
-    replay.update(id=rid, formatid=formatid, format=raw.get("format") or formatid,
-                  log="\n".join(lines))
-    if not isinstance(replay.get("players"), list):
-        found = {}
-        for line in lines:
-            parts = line.split("|")
-            if len(parts) > 3 and parts[1] == "player" and parts[3]:
-                found.setdefault(parts[2], parts[3])
-        replay["players"] = [raw.get("p1") or found.get("p1", ""),
-                             raw.get("p2") or found.get("p2", "")]
+    replay.update(id=rid, formatid=checked["format"], format=raw.get("format") or checked["format"],
+                  log=checked["log"], players=checked["players"])
     return anonymise(replay)
 
 
@@ -255,10 +248,14 @@ class Fetcher:
 
 def _parse_json(data: bytes) -> object:
     if len(data) > MAX_BYTES:
-        raise Skip("too_large")
+        raise Skip("too_long:bytes")
     try:
-        return json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise Skip("not_utf8") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise Skip("not_json") from err
 
 
@@ -348,44 +345,21 @@ def download(formatid: str, out: Path, limit: int, *, base_url: str = DEFAULT_BA
 
 
 def iter_dump(path: Path) -> Iterator[tuple[str, bytes | Skip]]:
-    """(member name, bytes or the Skip that makes it unreadable) for each JSON file in a dump."""
-    name = path.name.lower()
+    """(member name, bytes or the Skip that makes it unreadable) for each replay file in a dump."""
+    limits = Limits(max_bytes=MAX_BYTES)
     if path.is_dir():
         for child in sorted(path.rglob("*")):
             if child.is_file():
                 yield from iter_dump(child)
-    elif name.endswith(".json"):
-        if path.stat().st_size > MAX_BYTES:
-            yield str(path), Skip("too_large")
-        else:
-            yield str(path), path.read_bytes()
-    elif name.endswith(".zip"):
+    elif is_archive_name(path.name):
+        yield from iter_archive(path, limits)
+    elif is_replay_name(path.name):
         try:
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if info.is_dir() or not info.filename.lower().endswith(".json"):
-                        continue
-                    member = f"{path}!{info.filename}"
-                    if info.file_size > MAX_BYTES:
-                        yield member, Skip("too_large")
-                    else:
-                        yield member, archive.read(info)
-        except (zipfile.BadZipFile, OSError) as err:
-            yield str(path), Skip(f"bad_archive: {err}")
-    elif name.endswith(_TAR_SUFFIXES):
-        try:
-            # Stream mode reads a compressed tar front to back without seeking or indexing it.
-            with tarfile.open(path, mode="r|*") as archive:
-                for info in archive:
-                    if not info.isfile() or not info.name.lower().endswith(".json"):
-                        continue
-                    member = f"{path}!{info.name}"
-                    if info.size > MAX_BYTES:
-                        yield member, Skip("too_large")
-                    else:
-                        yield member, archive.extractfile(info).read()
-        except (tarfile.TarError, OSError, EOFError) as err:
-            yield str(path), Skip(f"bad_archive: {err}")
+            yield str(path), read_file(path, limits)
+        except Skip as reason:
+            yield str(path), reason
+        except OSError as err:
+            yield str(path), Skip(f"unreadable: {err}")
     else:
         yield str(path), Skip("unsupported_file")
 
@@ -406,7 +380,7 @@ def import_dumps(inputs: list[Path], out: Path, *, formatid: str | None = None,
     per_format: Counter[str] = Counter()
     bar = tqdm(unit="file", disable=not progress, desc="import")
     def skip(reason: Skip, member: str) -> None:
-        kind = str(reason).split(":")[0]
+        kind = str(reason).split(": ")[0]
         skipped[kind] += 1
         examples.setdefault(kind, f"{member}: {reason}")
 
@@ -417,14 +391,14 @@ def import_dumps(inputs: list[Path], out: Path, *, formatid: str | None = None,
             try:
                 if isinstance(data, Skip):
                     raise data
-                parsed = _parse_json(data)
+                # JSON (one replay or a list of them), a raw .log, or an HTML replay page.
+                parsed = replays_from_bytes(data, member)
             except Skip as reason:
                 skip(reason, member)
                 continue
-            # Some dumps hold a list of replays per file; most hold one.
-            for raw in parsed if isinstance(parsed, list) else [parsed]:
+            for raw in parsed:
                 try:
-                    replay = normalise(raw)
+                    replay = normalise(raw, member)
                     if want and replay["formatid"] != want:
                         raise Skip("other_format")
                 except Skip as reason:
@@ -436,7 +410,11 @@ def import_dumps(inputs: list[Path], out: Path, *, formatid: str | None = None,
                 elif key in on_disk:
                     counts["already_there"] += 1
                 else:
-                    write_replay(out, replay)
+                    try:
+                        write_replay(out, replay)
+                    except OSError as err:  # one replay the file system refuses is not the import's end
+                        skip(Skip(f"unwritable: {err}"), member)
+                        continue
                     counts["imported"] += 1
                     per_format[replay["formatid"]] += 1
                 seen.add(key)
@@ -464,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     dl.add_argument("--retries", type=int, default=3, help="retries on 429, 5xx, network errors")
     dl.add_argument("--retry-wait", type=float, default=2.0, help="first retry wait (doubles)")
-    im = sub.add_parser("import", help="import local dumps: folders, .json, .zip, .tar(.gz)")
+    im = sub.add_parser("import", help="import local dumps: folders, .json/.log/.html, .zip, .tar(.gz)")
     im.add_argument("dumps", nargs="+", type=Path)
     im.add_argument("--out", type=Path, required=True)
     im.add_argument("--format", help="import only this format id")

@@ -149,3 +149,24 @@ def test_save_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="vocab_hash"):
         save_checkpoint(tmp_path / "a", model, encoder_version=1, vocab_hash="")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_pickled_model_pt_is_named_as_ignored(tmp_path):
+    path = save(tmp_path / "ckpt", make_model())
+    (path / WEIGHTS_NAME).unlink()
+    torch.save(make_model().state_dict(), path / "model.pt")
+    # FileNotFoundError and ValueError both: a CLI catching either prints one line.
+    for kind in (FileNotFoundError, ValueError):
+        with pytest.raises(kind, match=rf"no {WEIGHTS_NAME}; model.pt is ignored: .*never loads pickled"):
+            load_checkpoint(path)
+
+
+def test_a_config_asking_for_a_huge_model_is_refused_before_allocating_it(tmp_path):
+    path = save(tmp_path / "ckpt", make_model())
+    raw = json.loads((path / CONFIG_NAME).read_text())
+    # About 4 TB of parameters: allocating them would fail or take the machine; the shapes
+    # in the safetensors header are compared first.
+    raw["model"].update(d_model=65536, n_heads=64, n_layers=64)
+    (path / CONFIG_NAME).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"do not match the model config .*config \(65536"):
+        load_checkpoint(path)

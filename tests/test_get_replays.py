@@ -213,7 +213,7 @@ def test_import_zip_and_tar(tmp_path, capsys):
     out = tmp_path / "replays"
     summary = run(capsys, "import", str(zipped), str(tarred), "--out", str(out))
     assert summary["imported"] == 4 and summary["duplicates"] == 1
-    assert summary["skipped"] == {"not_json": 1, "missing_log": 1, "bad_id": 1}
+    assert summary["skipped"] == {"not_json": 1, "missing_field:log": 1, "bad_id": 1}
     assert "bad.json" in summary["examples"]["not_json"]
     assert summary["per_format"] == {"gen1ou": 1, "gen9ou": 2, "gen9ubers": 1}
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == [
