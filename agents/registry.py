@@ -141,9 +141,10 @@ AGENTS: dict[str, AgentKind] = {
     "policy": AgentKind(
         _policy,
         ("path", "temperature", "greedy", "seed", "device", "threads", "labels", "label_ms", "label_samples",
-         "label_seed", "label_min_visits"),
+         "label_seed", "label_min_visits", "label_below"),
         "a trained PolicyTransformer checkpoint: policy:PATH[,temperature=T,greedy=true]; with "
-        "labels=DIR[,label_ms=100] a search bot labels every position it faces (agents/search_labels.py)",
+        "labels=DIR[,label_ms=100,label_below=P] a search bot labels every position it faces (or those where "
+        "the policy's top action is less likely than P) (agents/search_labels.py)",
         required=("path",),
     ),
     "bundled": AgentKind(

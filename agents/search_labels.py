@@ -5,7 +5,11 @@ atomically when the battle ends (a killed run keeps every finished battle's labe
 
 - `policy:PATH,labels=DIR,label_ms=100` (`SearchLabelledPolicy`): the student plays as
   usual, and a search bot searches every position the student faces; its visit shares
-  are the label (the position the student really faced, not a replay of it).
+  are the label (the position the student really faced, not a replay of it). With
+  `label_below=P` only positions where the student's top action has probability below P
+  are searched: a search costs a second or more, and a student that already agrees with
+  its teacher on most positions learns from the ones it is unsure of. The others are
+  recorded without a label and counted (`confident` in the file).
 - `search:ms=1000,labels=DIR`: the search bot records its own visit shares: expert
   demonstrations with a full distribution, not just the chosen action.
 
@@ -59,8 +63,12 @@ class LabelWriter:
         self._open: dict[str, dict] = {}
 
     def record(self, battle, probs: np.ndarray, action: int, visits: float = math.inf) -> None:
-        entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": [], "shallow": 0})
-        if visits < self.min_visits:
+        entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": [], "shallow": 0,
+                                                          "confident": 0})
+        if probs is None:  # not searched: the student was sure enough (label_below)
+            probs = np.zeros(N_ACTIONS)
+            entry["confident"] += 1
+        elif visits < self.min_visits:
             probs = np.zeros_like(probs)
             entry["shallow"] += 1
         entry["labels"].append([round(float(p), 5) for p in probs])
@@ -87,11 +95,20 @@ def _chosen_index(order, battle) -> int:
 
 
 class SearchLabelledPolicy(PolicyPlayer):
-    """A policy player whose every decision is also searched; the search's shares are written as labels."""
+    """A policy player whose decisions are also searched (all, or those it is unsure of: `label_below`);
+    the search's shares are written as labels."""
 
     def __init__(self, checkpoint: str, *, labels: str, label_ms: int = 100, label_samples: int = 2,
-                 label_seed: int | None = None, label_min_visits: float = MIN_VISITS, **kwargs):
+                 label_seed: int | None = None, label_min_visits: float = MIN_VISITS, label_below: float = 1.0,
+                 **kwargs):
         from agents.search import SearchPlayer
+
+        if isinstance(label_below, bool) or not isinstance(label_below, int | float) or not 0 < label_below <= 1:
+            raise ValueError(f"label_below={label_below!r} must be in (0, 1]: search positions where the student's "
+                             "top action is less likely than this (1 searches every position)")
+        self.label_below = float(label_below)
+        self._confidence: dict[str, float] = {}  # battle -> top action probability of its last decision
+        self._flushing: list[str] = []  # the battles of the forward pass under way
 
         fmt = kwargs.get("battle_format")
         # Not connected to any server: it only searches positions this player hands it.
@@ -105,10 +122,24 @@ class SearchLabelledPolicy(PolicyPlayer):
         seen = self._last.get(battle.battle_tag)
         if not battle.last_request.get("side") or (seen is not None and rqid is not None and seen[0] == rqid):
             return await super().choose_move(battle)  # a resent request: labelled already
-        probs, visits = await asyncio.to_thread(self.labeller.search_policy, battle)
         order = await super().choose_move(battle)
+        probs, visits = None, math.inf
+        if self._confidence.pop(battle.battle_tag, 0.0) < self.label_below:
+            probs, visits = await asyncio.to_thread(self.labeller.search_policy, battle)
         self.label_writer.record(battle, probs, _chosen_index(order, battle), visits)
         return order
+
+    def _flush(self) -> None:
+        self._flushing = [q[0] for q in self._queue]
+        super()._flush()
+
+    def _pick(self, logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
+        """The policy's choice, noting how sure it was (its top probability over legal actions)."""
+        z = np.where(legal, logits, -np.inf)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        top = z.max(axis=1) / z.sum(axis=1)
+        self._confidence.update(zip(self._flushing, top.tolist()))
+        return super()._pick(logits, legal)
 
     def _battle_finished_callback(self, battle) -> None:
         self.label_writer.finish(battle, self.username)

@@ -97,6 +97,7 @@ class SearchStageConfig:
     label_samples: int = 1  # opponent guesses per labelled position
     label_temperature: float = 0.25  # visit shares ** (1/T): a short search's shares are near uniform
     label_min_visits: float = MIN_VISITS  # a decision searched less (simulations per root choice) gets no label
+    label_below: float = 1.0  # search only positions where the student's top action is less likely than this
     format: str = "gen1ou"
     team_set: str = "competitive"
     battles: int = 300
@@ -130,6 +131,9 @@ class SearchStageConfig:
         if isinstance(self.label_min_visits, bool) or not isinstance(self.label_min_visits, int | float) or \
                 not self.label_min_visits >= 0:
             raise ValueError(f"label_min_visits={self.label_min_visits!r}: must be a number >= 0 (0 keeps every label)")
+        if isinstance(self.label_below, bool) or not isinstance(self.label_below, int | float) or \
+                not 0 < self.label_below <= 1:
+            raise ValueError(f"label_below={self.label_below!r}: must be in (0, 1] (1 labels every position)")
         if not self.label_temperature > 0:
             raise ValueError(f"label_temperature={self.label_temperature}: must be > 0 (1 keeps the visit shares)")
         if set(self.sources) - set(SOURCES) or any(not w >= 0 for w in self.sources.values()) or \
@@ -170,7 +174,8 @@ def student_params(cfg: SearchStageConfig, rundir: Path) -> str:
     if "," in str(folder):
         raise ValueError(f"run_dir {rundir} contains a comma, which agent specs cannot hold; choose another")
     return (f"labels={folder},label_ms={cfg.label_ms},label_samples={cfg.label_samples},label_seed={cfg.seed},"
-            f"label_min_visits={cfg.label_min_visits:g}")
+            f"label_min_visits={cfg.label_min_visits:g}" + (f",label_below={cfg.label_below:g}"
+                                                             if cfg.label_below < 1 else ""))
 
 
 def is_search(spec: str | None) -> bool:

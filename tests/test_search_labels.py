@@ -140,3 +140,29 @@ def test_labels_below_the_search_depth_floor_are_left_out(tmp_path, showdown, ch
     build([tmp_path / "battles"], tmp_path / "traj")
     counts = attach_labels(tmp_path / "traj", labels)
     assert counts["labelled"] == 1 and counts["shallow_decisions"] == entry["shallow"]
+
+
+def test_label_below_searches_only_the_positions_the_student_is_unsure_of(tmp_path, showdown):
+    """The bundled model is sure of most positions: those are recorded unlabelled and counted,
+    the others searched; every decision is one or the other (or had no choice at all)."""
+    from agents.registry import bundled_path, make_player
+
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    labels = tmp_path / "labels"
+    result = Match(f"policy:{bundled_path()},greedy=true,labels={labels},label_ms=5,label_samples=1,"
+                   "label_min_visits=0,label_below=0.8", "maxbp", battle_format="gen1ou", team_set="competitive",
+                   n=2, out_dir=tmp_path / "battles", concurrency=2, server=showdown, progress=False).run()
+    assert result.battles == 2 and result.errors == 0
+    confident = searched = 0
+    for entry in read_labels(labels).values():
+        mass, actions = np.asarray(entry["labels"]).sum(axis=1), np.asarray(entry["actions"])
+        assert entry["confident"] == ((mass == 0) & (actions >= 0)).sum()  # unlabelled, yet played
+        confident += entry["confident"]
+        searched += int((mass > 0).sum())
+    assert confident > 0 and searched > 0, (confident, searched)
+    build([tmp_path / "battles"], tmp_path / "traj")
+    assert attach_labels(tmp_path / "traj", labels)["labelled"] == 2
+    for bad in (0, 1.5, "true"):
+        with pytest.raises(ValueError, match="label_below"):
+            make_player(f"policy:{bundled_path()},labels={labels},label_below={bad}", battle_format="gen1ou",
+                        server_configuration=showdown.server_configuration, start_listening=False)
