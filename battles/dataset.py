@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from battles.shards import reading
 from battles.trajectories import N_ACTIONS, Trajectory, list_shards, read_row_group, row_groups
 
 _INDEX_COLUMNS = ["battle_id", "source", "format", "rating", "outcome", "encoder_version",
@@ -234,7 +235,7 @@ class _Stream:
         """(row numbers passing the filters, windows per row) of one row group; cached."""
         key = (unit[0], unit[1])
         if key not in self._index:
-            with pq.ParquetFile(unit[0]) as pf:
+            with reading(unit[0]), pq.ParquetFile(unit[0]) as pf:
                 have = set(pf.schema_arrow.names)
                 table = pf.read_row_group(unit[1], columns=[c for c in _INDEX_COLUMNS if c in have])
             rows = np.flatnonzero(self.filters.mask(table))

@@ -164,6 +164,7 @@ class ShowdownServer:
             port = self.port if self.port and not port_in_use(self.port) else free_port()
         logs = self._workdir / f"logs-{port}"
         logs.mkdir(parents=True, exist_ok=True)
+        self.battle_dir.mkdir(parents=True, exist_ok=True)  # started again after stop()
         env = dict(os.environ, QABRA_BATTLE_DIR=str(self.battle_dir), QABRA_PS_LOGS=str(logs) + "/")
         self._tail.clear()
         self._proc = subprocess.Popen(
@@ -237,8 +238,11 @@ class ShowdownServer:
             self.restarts += 1
 
     def stop(self) -> None:
+        """Stop the server and remove its temporary folder (its logs, and the battle records
+        not yet harvested when no `battle_dir` of the caller's was given)."""
         with self._lock:
             self._kill()
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from battles.shards import list_shards, next_shard_path
+from battles.shards import list_shards, next_shard_path, reading
 
 __all__ = [
     "N_ACTIONS", "SCHEMA", "ShardWriter", "Trajectory", "list_shards", "read_row_group",
@@ -210,7 +210,7 @@ def read_row_group(
     rows: np.ndarray | None = None,
 ) -> list[Trajectory]:
     """Trajectories of one row group of one shard (optionally only the given row numbers)."""
-    with pq.ParquetFile(path) as pf:
+    with reading(path), pq.ParquetFile(path) as pf:
         table = pf.read_row_group(index, columns=_read_columns(columns))
     if rows is not None:
         table = table.take(pa.array(rows, pa.int64()))
@@ -229,7 +229,7 @@ def read_trajectories(
     cols = _read_columns(columns)
     for path in list_shards(paths_or_dirs):
         # pre_buffer would read ahead across row groups; off, memory stays at one row group.
-        with pq.ParquetFile(path, pre_buffer=False) as pf:
+        with reading(path), pq.ParquetFile(path, pre_buffer=False) as pf:
             _check_schema(path, pf.schema_arrow)
             for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
                 if expr is not None:
@@ -241,7 +241,8 @@ def row_groups(paths) -> list[tuple[Path, int, int]]:
     """(shard, row group index, rows) for every row group under paths, from metadata only."""
     out = []
     for path in list_shards(paths):
-        meta = pq.read_metadata(path)
+        with reading(path):
+            meta = pq.read_metadata(path)
         _check_schema(path, meta.schema.to_arrow_schema())
         out.extend((path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups))
     return out
@@ -252,8 +253,9 @@ def shard_stats(paths) -> dict:
     shards = list_shards(paths)
     stats = {"shards": len(shards), "trajectories": 0, "decisions": 0, "per_source": {}}
     for path in shards:
-        _check_schema(path, pq.read_schema(path))
-        table = pq.read_table(path, columns=["source", "n_decisions"])
+        with reading(path):
+            _check_schema(path, pq.read_schema(path))
+            table = pq.read_table(path, columns=["source", "n_decisions"])
         for src, n in zip(table["source"].to_pylist(), table["n_decisions"].to_pylist(), strict=True):
             per = stats["per_source"].setdefault(src, {"trajectories": 0, "decisions": 0})
             per["trajectories"] += 1

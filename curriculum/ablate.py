@@ -57,6 +57,7 @@ from curriculum.imitation import (
     validation_batches,
 )
 from curriculum.phases import ServerOnDemand, write_json
+from curriculum.run_folder import owns_run_folder
 from curriculum.trainer import Trainer, make_accelerator, state_steps
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")  # no '.': it separates mix and seed
@@ -560,6 +561,7 @@ def print_plan(cfg: AblateConfig, sizes: dict) -> None:
         print(f"  mix {mix}: expected epochs {said}", flush=True)
 
 
+@owns_run_folder(lambda cfg: cfg.out)
 def run(cfg: AblateConfig, server=None, after_member=None) -> dict:
     """Run (or resume) the grid; `after_member(name)` is called as each member is done."""
     cfg.validate()

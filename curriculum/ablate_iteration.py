@@ -41,6 +41,7 @@ from curriculum.config import check_same_run, load_config, save_config
 from curriculum.lineage import read_lineage
 from curriculum.phases import write_json
 from curriculum.promotion import play_tournament, rate_results, write_tournament_report
+from curriculum.run_folder import owns_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ def write_table(cfg: IterationAblationConfig, rows: list[dict], agents: dict[str
 
 
 # -- the recipe --------------------------------------------------------------------------------
+@owns_run_folder(lambda cfg: cfg.out)
 def run(cfg: IterationAblationConfig, server=None) -> dict | None:
     """Run (or resume) the ablation (its tournament on `server`, or its own; the chain starts its own);
     the table's data once every phase is done, else None."""

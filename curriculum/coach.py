@@ -59,6 +59,7 @@ from curriculum.phases import (
     stop_here,
 )
 from curriculum.promotion import Decision, describe
+from curriculum.run_folder import owns_run_folder
 from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def round_summary(record: dict) -> dict:
     return out
 
 
+@owns_run_folder(lambda cfg: cfg.run_dir)
 def run(cfg: CoachStageConfig, server=None) -> dict:
     """Run (or resume) `cfg.rounds` rounds (on `server`, or its own); returns RUN's lineage record."""
     if not cfg.coach:  # checked here, not in the config: the config's defaults must construct

@@ -74,6 +74,7 @@ from curriculum.phases import (
     stop_here,
 )
 from curriculum.promotion import Decision, describe
+from curriculum.run_folder import owns_run_folder
 from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ def keep_labelled(src: Path, out: Path, prefix: str) -> dict:
 
 
 # -- the stage ----------------------------------------------------------------------------------
+@owns_run_folder(lambda cfg: cfg.run_dir)
 def run(cfg: SearchStageConfig, server=None) -> dict:
     """Run (or resume) stage 3 (on `server`, or its own); returns the lineage record."""
     rundir = Path(cfg.run_dir)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -90,6 +92,21 @@ def run_dir_lock(run_dir: str | Path, accelerator: Accelerator | None = None) ->
     finally:
         if main:
             _unlock(path)
+
+
+def owns_run_folder(folder_of: Callable[[Any], str | Path]):
+    """Decorate a recipe's `run(cfg, ...)`: it holds its run folder (`folder_of(cfg)`) from its
+    first phase to its last, so a second command on the folder stops before playing a battle."""
+
+    def decorate(run):
+        @functools.wraps(run)
+        def held(cfg, *args, **kwargs):
+            with run_dir_lock(folder_of(cfg)):
+                return run(cfg, *args, **kwargs)
+
+        return held
+
+    return decorate
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -65,6 +65,7 @@ from curriculum.phases import (
     stop_here,
 )
 from curriculum.promotion import Decision, describe
+from curriculum.run_folder import owns_run_folder
 from curriculum.trainer import Trainer
 from models.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 
@@ -296,6 +297,7 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
 
 
 # -- the recipe --------------------------------------------------------------------------------
+@owns_run_folder(lambda cfg: cfg.run_dir)
 def run(cfg: SelfPlayConfig, server=None) -> dict:
     """Run (or resume) the stage described by `cfg` (on `server`, or its own); returns the lineage record."""
     rundir = Path(cfg.run_dir)

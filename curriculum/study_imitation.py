@@ -44,6 +44,7 @@ from curriculum.config import check_same_run, load_config, save_config
 from curriculum.imitation import PretrainConfig, validation_batches
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.pretrain import run as pretrain
+from curriculum.run_folder import owns_run_folder
 from curriculum.trainer import TrainerConfig
 from eval.match import Match, folder_name, play_over_team_sets
 from models.checkpoint import load_checkpoint
@@ -284,6 +285,7 @@ def report(cfg: StudyConfig, run: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+@owns_run_folder(lambda cfg: cfg.run_dir)
 def run(cfg: StudyConfig, server=None) -> list[dict]:
     """Every phase of the study, skipping what is done; returns the finished points' rows.
     Battles go to `server` when given, else to a server of its own started when first needed."""

@@ -164,3 +164,30 @@ def test_sigkill_during_a_save_then_resume_keeps_every_checkpoint_and_metrics_on
     assert (run_dir / "final" / "model.safetensors").is_file()
     assert metric_steps(run_dir) == [1, 2, 3, 4]
     assert sorted(p.name for p in run_dir.rglob(".*")) == []
+
+
+@pytest.mark.parametrize("recipe", ["curriculum.selfplay", "curriculum.learn_from_search", "curriculum.coach",
+                                    "curriculum.study_imitation"])
+def test_every_recipe_refuses_a_folder_in_use_before_it_plays(tmp_path, recipe):
+    """Another process holds the folder: the recipe stops at once with one line, writing nothing
+    (before, a stage played its battles first and met the lock only when training began)."""
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from curriculum.run_folder import "
+                               f"run_dir_lock\nwith run_dir_lock({str(run_dir)!r}):\n print('held', flush=True)\n"
+                               " time.sleep(120)"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [f"run_dir={run_dir}", "parent=models/bundled/qabra-gen1ou", "coach=models/bundled/qabra-gen1ou",
+                "student=models/bundled/qabra-gen1ou"]
+        known = {"curriculum.selfplay": args[:2], "curriculum.learn_from_search": args[:2],
+                 "curriculum.coach": [args[0], args[2], args[3]], "curriculum.study_imitation": args[:1]}[recipe]
+        done = subprocess.run([sys.executable, "-m", recipe, *known], cwd=REPO, env=ENV, capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"run folder {run_dir.resolve()} is in use by pid {holder.pid}" in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # nothing played, nothing written

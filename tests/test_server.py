@@ -27,8 +27,13 @@ def test_start_stop_on_free_port():
         port = server.port
         assert port_in_use(port)
         assert server.cpu_seconds() > 0  # Node's start-up alone costs CPU time
+        workdir = server.battle_dir.parent
+        assert workdir.name.startswith("qabra-showdown-") and workdir.is_dir()
     assert not server.is_alive()
     assert not port_in_use(port)
+    assert not workdir.exists()  # its temporary folder (logs, unharvested records) went with it
+    with server:  # and it starts again after a stop
+        assert "challstr" in greets(server) and server.battle_dir.is_dir()
 
 
 def test_binds_loopback_only():
