@@ -29,6 +29,7 @@ from accelerate.utils import broadcast_object_list
 from models.checkpoint import clean_interrupted_saves
 
 LOCK_NAME = "run.lock"
+IN_USE = "is in use by"  # in RunFolderBusy's message: the supervisor does not restart into a busy folder
 _HELD: dict[Path, list] = {}  # run folders this process holds: path -> [lock file descriptor, depth]
 
 
@@ -48,7 +49,7 @@ def _lock(path: Path) -> None:
         holder = os.read(fd, 4096).decode(errors="replace").strip()
         os.close(fd)
         raise RunFolderBusy(
-            f"run folder {path} is in use by {holder or 'another process'}; wait for it to end or stop "
+            f"run folder {path} {IN_USE} {holder or 'another process'}; wait for it to end or stop "
             "that process, or choose another run_dir"
         ) from None
     os.ftruncate(fd, 0)

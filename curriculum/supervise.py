@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from curriculum.run_folder import IN_USE
 from curriculum.trainer import state_steps
 
 TAIL_LINES = 20
@@ -197,6 +198,10 @@ class Supervisor:
             self.log(f"attempt {number} failed after {attempt.seconds:.1f} s: "
                      f"{describe_exit(returncode, lines)}; saved state: step {before} -> "
                      f"{attempt.step_after}; last stderr lines:\n{shown}")
+            if any(IN_USE in line for line in lines[-3:]):  # another live command owns the folder
+                self.log("not restarting: another process runs in this run folder (above); a restart "
+                         "would meet it again")
+                return returncode if returncode > 0 else 128 + abs(returncode)
             if failures > self.max_restarts:
                 self.log(f"giving up: {failures} failures in a row without a new saved state "
                          f"(--max-restarts {self.max_restarts}); fix the cause above and run the "

@@ -113,3 +113,24 @@ def test_stop_signal_reaches_the_command_and_is_not_restarted(tmp_path):
     assert (tmp_path / "got-term").exists()
     log = (tmp_path / "supervisor.log").read_text()
     assert "stopped by SIGTERM" in log and "attempt 2" not in log
+
+
+def test_a_run_folder_in_use_is_not_restarted_into(tmp_path):
+    """The command stops because another live process owns the run folder: restarting would
+    meet that process again, so the supervisor ends at once and says why."""
+    holder = subprocess.Popen(script("import sys, time; from curriculum.run_folder import run_dir_lock\n"
+                                     f"with run_dir_lock({str(tmp_path)!r}):\n print('held', flush=True)\n"
+                                     " time.sleep(60)"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        sup = Supervisor(script("from curriculum.run_folder import run_dir_lock\n"
+                                "try:\n"
+                                f" with run_dir_lock({str(tmp_path)!r}): pass\n"
+                                "except ValueError as err:\n raise SystemExit(f'error: {err}')"),
+                         tmp_path, backoff=0.01, max_restarts=5)
+        assert sup.run() == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(sup.attempts) == 1 and sup.delays == []
+    assert "not restarting: another process runs in this run folder" in (tmp_path / "supervisor.log").read_text()
