@@ -169,13 +169,20 @@ def flatten(data: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict:
 def check_same_run(cfg: Any, run: str | Path, mutable: set[str], *, keep: tuple[str, ...] = (),
                    what: str = "", fix: str = "give a new run_dir") -> None:
     """A resumed run keeps the settings its finished work was made with: RUN/config.yaml against
-    `cfg`, but for the `mutable` keys (dotted); ValueError naming each changed key."""
+    `cfg`, but for the `mutable` keys (dotted); ValueError naming each changed key. A setting the
+    code gained after the run started counts as unchanged while it keeps its default (which is
+    how the run was made)."""
     saved_path = Path(run) / "config.yaml"
     if not saved_path.is_file():
         return
     saved = flatten(yaml.safe_load(saved_path.read_text()) or {}, keep=keep)
     now = flatten(to_dict(cfg), keep=keep)
-    changed = [k for k in sorted(set(saved) | set(now)) if k not in mutable and saved.get(k) != now.get(k)]
+    try:
+        defaults = flatten(to_dict(type(cfg)()), keep=keep)
+    except (TypeError, ValueError):  # a config without constructible defaults: every key counts
+        defaults = {}
+    changed = [k for k in sorted(set(saved) | set(now)) if k not in mutable and saved.get(k) != now.get(k)
+               and not (k not in saved and k in defaults and now.get(k) == defaults[k])]
     if changed:
         diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ValueError(f"{what or f'run_dir {run}'} was started with other settings ({diffs}). Resume with "

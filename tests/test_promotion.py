@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import yaml
 
 from curriculum import selfplay
 from curriculum.config import check_same_run, load_config, save_config
@@ -138,3 +139,10 @@ def test_a_resumed_run_must_keep_its_settings(tmp_path):
         resume("battles=200")
     with pytest.raises(ValueError, match="opponents"):
         resume("battles=100", "opponents={maxbp: 1.0}")
+    # A setting the code gained after the run started: unchanged while at its default.
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["awr_beta"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    resume("battles=100")
+    with pytest.raises(ValueError, match=r"awr_beta: None -> 0.5"):
+        resume("battles=100", "awr_beta=0.5")
