@@ -14,8 +14,6 @@ from battles.teams import load_team_set
 from models.checkpoint import save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer
 
-pytestmark = pytest.mark.server
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -40,6 +38,7 @@ class Watched(PolicyPlayer):
         await super()._handle_battle_message(split_messages)
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("fmt,n", [("gen1ou", 8), ("gen9ou", 4)])
 def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
     teams = load_team_set("competitive", fmt)
@@ -66,6 +65,7 @@ def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
     assert policy._caches == {}  # every finished battle released its cache
 
 
+@pytest.mark.server
 def test_bundled_model_loads_and_plays_legally(showdown):
     """The shipped model: loads without unpickling, plays real gen1ou battles without an illegal
     choice, and beats random play (it wins about every game; 3 of 4 is a low bar)."""

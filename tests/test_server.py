@@ -37,10 +37,12 @@ def test_start_stop_on_free_port():
 
 
 def test_binds_loopback_only():
+    import psutil
+
     with ShowdownServer() as server:
-        listening = os.popen(f"ss -ltnH 'sport = :{server.port}'").read()
-        if listening:  # ss exists here; it shows the bound address
-            assert "127.0.0.1:" in listening and "0.0.0.0:" not in listening.split()[3]
+        bound = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port}
+    assert bound == {"127.0.0.1"}, bound  # listening, and on the loopback address alone
 
 
 def test_port_in_use_is_a_clear_error():
