@@ -644,15 +644,6 @@ class SearchPlayer(TacticianPlayer):
         self.policies[battle.battle_tag] = self.last_policy
         return self.last_policy
 
-    def simulated_states(self, battle: Battle, samples: int = 1) -> list[dict]:
-        """The battle as the worker builds it for `samples` guesses (for inspection and tests)."""
-        cmds = [{"cmd": "build", "spec": battle_spec(battle, self._rng)} for _ in range(samples)]
-        answers = self.pool.run(cmds, timeout=30.0)
-        for a in answers:
-            if not isinstance(a, dict):
-                raise a
-        return answers
-
     def _battle_finished_callback(self, battle) -> None:
         self.policies.pop(battle.battle_tag, None)
         if self.label_writer is not None:

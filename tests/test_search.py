@@ -19,6 +19,7 @@ from agents.search import (
     SimWorker,
     WorkerError,
     WorkerPool,
+    battle_spec,
     opponent_side,
     root_orders,
     set_stats,
@@ -267,7 +268,9 @@ class Checked(SearchPlayer):
     def compare(self, battle):
         self.checked += 1
         ours = battle.last_request["side"]["id"]
-        built = self.simulated_states(battle)[0]
+        (built,) = self.pool.run([{"cmd": "build", "spec": battle_spec(battle, self._rng)}], timeout=30.0)
+        if not isinstance(built, dict):
+            raise built
         state = built["state"]
         sim_us, sim_them = state["sides"][0 if ours == "p1" else 1], state["sides"][1 if ours == "p1" else 0]
         where = f"{battle.battle_tag} turn {battle.turn}"
