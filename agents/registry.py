@@ -76,7 +76,7 @@ def _policy(spec: AgentSpec, **player_kwargs: Any) -> Player:
             "folder holding config.json and model.safetensors"
         )
     if "labels" in params:
-        from agents.search_labels import SearchLabelledPolicy
+        from agents.labelled_policy import SearchLabelledPolicy
 
         return SearchLabelledPolicy(path, **params, **player_kwargs)
     if any(k.startswith("label_") for k in params):

@@ -55,6 +55,7 @@ import numpy as np
 from poke_env.battle import Battle
 
 from agents.heuristics import TacticianPlayer
+from agents.search_labels import MIN_VISITS, LabelWriter
 from battles.actions import N_ACTIONS, PSEUDO_MOVES, order_to_index
 from battles.protocol import norm_move, parse_details, parse_ident, to_id
 from battles.server import showdown_dir
@@ -70,9 +71,6 @@ SIM_VOLATILES = frozenset({
     "curse", "perish1", "perish2", "perish3", "torment", "healblock", "saltcure", "mist",
 })
 LOCK_EXEMPT = frozenset({"recharge", "struggle", "fight"})
-# A label needs at least this many simulations per root choice: below it the visit shares are
-# the search's first tries (every choice a few times), close to uniform (agents/search_labels.py).
-MIN_VISITS = 10.0
 
 
 class WorkerError(RuntimeError):
@@ -525,8 +523,6 @@ class SearchPlayer(TacticianPlayer):
         self.decisions = 0
         self.label_writer = None
         if labels:  # expert demonstrations: its own visit shares at every decision
-            from agents.search_labels import LabelWriter
-
             self.label_writer = LabelWriter(labels, f"search:ms={ms},samples={samples}", label_min_visits)
         super().__init__(**player_kwargs)
 

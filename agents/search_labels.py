@@ -3,7 +3,7 @@
 Two players record labels while they play, one JSON file per battle and side, written
 atomically when the battle ends (a killed run keeps every finished battle's labels):
 
-- `policy:PATH,labels=DIR,label_ms=100` (`SearchLabelledPolicy`): the student plays as
+- `policy:PATH,labels=DIR,label_ms=100` (`agents.labelled_policy.SearchLabelledPolicy`): the student plays as
   usual, and a search bot searches every position the student faces; its visit shares
   are the label (the position the student really faced, not a replay of it). With
   `label_below=P` only positions where the student's top action has probability below P
@@ -30,7 +30,6 @@ legal mask. Battles that do not match are counted, never guessed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -39,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.policy import PolicyPlayer
-from agents.search import MIN_VISITS
-from battles.actions import N_ACTIONS, order_to_index
+from battles.actions import N_ACTIONS
 from battles.trajectories import list_shards, read_trajectories, update_teacher
-from battles.view import view_from_battle
 
 LABEL_SUFFIX = ".labels.json"
+# A label needs at least this many simulations per root choice: below it the visit shares are
+# the search's first tries (every choice a few times), close to uniform.
+MIN_VISITS = 10.0
 
 
 class LabelWriter:
@@ -85,68 +84,6 @@ class LabelWriter:
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)  # complete or absent
         return path
-
-
-def _chosen_index(order, battle) -> int:
-    try:
-        return order_to_index(order, battle, view_from_battle(battle))
-    except ValueError:
-        return -1
-
-
-class SearchLabelledPolicy(PolicyPlayer):
-    """A policy player whose decisions are also searched (all, or those it is unsure of: `label_below`);
-    the search's shares are written as labels."""
-
-    def __init__(self, checkpoint: str, *, labels: str, label_ms: int = 100, label_samples: int = 2,
-                 label_seed: int | None = None, label_min_visits: float = MIN_VISITS, label_below: float = 1.0,
-                 **kwargs):
-        from agents.search import SearchPlayer
-
-        if isinstance(label_below, bool) or not isinstance(label_below, int | float) or not 0 < label_below <= 1:
-            raise ValueError(f"label_below={label_below!r} must be in (0, 1]: search positions where the student's "
-                             "top action is less likely than this (1 searches every position)")
-        self.label_below = float(label_below)
-        self._confidence: dict[str, float] = {}  # battle -> top action probability of its last decision
-        self._flushing: list[str] = []  # the battles of the forward pass under way
-
-        fmt = kwargs.get("battle_format")
-        # Not connected to any server: it only searches positions this player hands it.
-        self.labeller = SearchPlayer(ms=label_ms, samples=label_samples, seed=label_seed, battle_format=fmt,
-                                     start_listening=False, log_level=40)
-        self.label_writer = LabelWriter(labels, f"search:ms={label_ms},samples={label_samples}", label_min_visits)
-        super().__init__(checkpoint, **kwargs)
-
-    async def choose_move(self, battle):
-        rqid = battle.last_request.get("rqid")
-        seen = self._last.get(battle.battle_tag)
-        if not battle.last_request.get("side") or (seen is not None and rqid is not None and seen[0] == rqid):
-            return await super().choose_move(battle)  # a resent request: labelled already
-        order = await super().choose_move(battle)
-        probs, visits = None, math.inf
-        if self._confidence.pop(battle.battle_tag, 0.0) < self.label_below:
-            probs, visits = await asyncio.to_thread(self.labeller.search_policy, battle)
-        self.label_writer.record(battle, probs, _chosen_index(order, battle), visits)
-        return order
-
-    def _flush(self) -> None:
-        self._flushing = [q[0] for q in self._queue]
-        super()._flush()
-
-    def _pick(self, logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
-        """The policy's choice, noting how sure it was (its top probability over legal actions)."""
-        z = np.where(legal, logits, -np.inf)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        top = z.max(axis=1) / z.sum(axis=1)
-        self._confidence.update(zip(self._flushing, top.tolist()))
-        return super()._pick(logits, legal)
-
-    def _battle_finished_callback(self, battle) -> None:
-        self.label_writer.finish(battle, self.username)
-        super()._battle_finished_callback(battle)
-
-    def close(self) -> None:
-        self.labeller.close()
 
 
 def read_labels(folder: str | Path) -> dict[tuple[str, str], dict]:

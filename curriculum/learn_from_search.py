@@ -49,8 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.registry import parse_spec
-from agents.search import MIN_VISITS
-from agents.search_labels import attach_labels
+from agents.search_labels import MIN_VISITS, attach_labels
 from battles.build import build
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
