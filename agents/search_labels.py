@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
+import uuid
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,9 @@ class LabelWriter:
             raise ValueError(f"label_min_visits={min_visits!r} must be a number >= 0 (0 keeps every label)")
         self.min_visits = min_visits
         self._open: dict[str, dict] = {}
+        # Room names restart with every server (a resumed stage plays its gen1ou-1 again): each
+        # writer's files carry a token of their own, so no battle's labels replace another's.
+        self.token = uuid.uuid4().hex[:8]
 
     def record(self, battle, probs: np.ndarray, action: int, visits: float = math.inf) -> None:
         entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": [], "shallow": 0,
@@ -78,7 +82,7 @@ class LabelWriter:
         if entry is None or not battle.player_role:
             return None
         room = battle.battle_tag.removeprefix("battle-")
-        path = self.folder / f"{room}-{battle.player_role}{LABEL_SUFFIX}"
+        path = self.folder / f"{room}-{battle.player_role}-{self.token}{LABEL_SUFFIX}"
         data = {"room": room, "side": battle.player_role, "player": username, "source": self.source, **entry}
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data))
@@ -86,12 +90,13 @@ class LabelWriter:
         return path
 
 
-def read_labels(folder: str | Path) -> dict[tuple[str, str], dict]:
-    """Label files under `folder`, keyed (room, side)."""
+def read_labels(folder: str | Path) -> dict[tuple[str, str, str], dict]:
+    """Label files under `folder`, keyed (room, side, file name): one room and side may have
+    several files, from battles of different servers that reused the room's name."""
     out = {}
     for path in sorted(Path(folder).glob(f"*{LABEL_SUFFIX}")):
         data = json.loads(path.read_text())
-        out[(data["room"], data["side"])] = data
+        out[(data["room"], data["side"], path.name)] = data
     return out
 
 
@@ -137,24 +142,31 @@ def attach_labels(trajectories: str | Path, labels: str | Path, temperature: flo
     if not temperature > 0:
         raise ValueError(f"label temperature must be > 0, got {temperature}")
     entries = read_labels(labels)
-    rooms = {room for room, _ in entries}
+    candidates = defaultdict(list)  # (room, side) -> the files of battles played in such a room
+    for key in entries:
+        candidates[key[:2]].append(key)
+    rooms = {room for room, _ in candidates}
     counts: Counter = Counter()
     used = set()
     for shard in list_shards(trajectories):
         found = {}
         for traj in read_trajectories(shard):
             room = _room_of(traj.battle_id, rooms)
-            entry = entries.get((room, traj.player)) if room else None
-            if entry is None:
+            keys = candidates.get((room, traj.player), []) if room else []
+            if not keys:
                 counts["unlabelled_trajectories"] += 1
                 continue
-            probs, why = match_labels(traj, entry, temperature)
-            if probs is None:
-                counts[why] += 1
+            # The battle's own file is the one whose decisions match it (count and actions).
+            tried = [(key, *match_labels(traj, entries[key], temperature)) for key in keys if key not in used]
+            hit = next(((key, probs) for key, probs, _ in tried if probs is not None), None)
+            if hit is None:
+                counts[tried[0][2] if tried else "label_file_taken"] += 1
                 continue
+            key, probs = hit
+            entry = entries[key]
             source = entry["source"] + (f",T={temperature:g}" if temperature != 1.0 else "")
             found[(traj.battle_id, traj.player)] = (probs, source)
-            used.add((room, traj.player))
+            used.add(key)
         if found:
             counts["labelled"] += update_teacher(shard, found)
     counts["shallow_decisions"] = sum(entries[key].get("shallow", 0) for key in used)

@@ -166,3 +166,23 @@ def test_label_below_searches_only_the_positions_the_student_is_unsure_of(tmp_pa
         with pytest.raises(ValueError, match="label_below"):
             make_player(f"policy:{bundled_path()},labels={labels},label_below={bad}", battle_format="gen1ou",
                         server_configuration=showdown.server_configuration, start_listening=False)
+
+
+def test_a_room_name_played_again_by_a_new_server_keeps_both_battles_labels(tmp_path, checkpoint):
+    """A stage resumed after a kill starts a new server, whose rooms are numbered from 1 again:
+    the new battle's labels must not replace the recorded old battle's."""
+    from battles.server import ShowdownServer
+
+    logging.getLogger("agents.search").setLevel(logging.ERROR)
+    labels = tmp_path / "labels"
+    for run in range(2):
+        with ShowdownServer() as server:
+            result = Match(f"policy:{checkpoint},labels={labels},label_ms=5,label_samples=1,label_min_visits=0",
+                           "maxbp", battle_format="gen1ou", team_set="competitive", n=1,
+                           out_dir=tmp_path / f"battles-{run}", server=server, progress=False, seed=run).run()
+        assert result.battles == 1 and result.errors == 0
+    entries = read_labels(labels)
+    assert len(entries) == 2 and len({(room, side) for room, side, _ in entries}) == 1  # one room name, twice
+    build([tmp_path / "battles-0", tmp_path / "battles-1"], tmp_path / "traj")
+    counts = attach_labels(tmp_path / "traj", labels)
+    assert counts["labelled"] == 2 and counts["label_files_unused"] == 0, counts
