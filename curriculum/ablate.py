@@ -25,11 +25,8 @@ Phases; running the same command again continues where it stopped, redoing nothi
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +42,7 @@ from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import shard_stats
 from curriculum.batches import DecisionBatches, counted
-from curriculum.config import flatten, from_dict, load_config, save_config, to_dict
+from curriculum.config import flatten, from_dict, load_config, recipe_main, save_config, to_dict
 from curriculum.imitation import (
     PretrainConfig,
     build_model,
@@ -602,19 +599,8 @@ def run(cfg: AblateConfig, server=None, after_member=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Data-mix ablation: equal-budget members, one tournament, a table.")
-    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/ablate_gen1ou.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=[0,1] budget.steps=500")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
-    try:
-        run(load_config(AblateConfig, args.config, args.overrides))
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("interrupted; what was finished is kept. Run the same command to resume.") from None
+    recipe_main(AblateConfig, run, argv, description="Data-mix ablation: equal-budget members, one tournament, a table.",
+                example="seeds=[0,1] budget.steps=500")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Phases; running the same command again continues where it stopped, redoing nothi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curriculum.coaching import CoachStageConfig, train_student
-from curriculum.config import check_same_run, load_config, save_config
+from curriculum.config import check_same_run, recipe_main, save_config
 from curriculum.lineage import read_lineage
 from curriculum.phases import write_json
 from curriculum.promotion import play_tournament, rate_results, write_tournament_report
@@ -339,16 +338,8 @@ def run(cfg: IterationAblationConfig, server=None) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The stage 2 chain against pooled and non-iterated controls.")
-    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/stage2_ablate.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. chain.rounds=3 eval.battles_per_pair=40")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    try:
-        run(load_config(IterationAblationConfig, args.config, args.overrides))
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(IterationAblationConfig, run, argv, description="The stage 2 chain against pooled and non-iterated controls.",
+                example="chain.rounds=3 eval.battles_per_pair=40")
 
 
 if __name__ == "__main__":

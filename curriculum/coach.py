@@ -36,7 +36,6 @@ with the iteration ablation, curriculum/ablate_iteration.py, which runs this rec
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from pathlib import Path
@@ -44,7 +43,7 @@ from pathlib import Path
 from battles.build import build
 from battles.encode import ObservationEncoder
 from curriculum.coaching import COACH, SELF, CoachStageConfig, train_student
-from curriculum.config import check_same_run, load_config, save_config, to_dict
+from curriculum.config import check_same_run, recipe_main, save_config, to_dict
 from curriculum.lineage import LINEAGE, read_lineage, resolve_parent, update_lineage
 from curriculum.phases import (
     PlayConfig,
@@ -291,19 +290,8 @@ def print_summary(summary: dict, records: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Curriculum stage 2: coach labels on the student's play, in rounds.")
-    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/stage2.yaml)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds to chain (the config's `rounds`)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. student=runs/stage1 coach=runs/c/final")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    overrides = list(args.overrides) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
-    try:
-        cfg = load_config(CoachStageConfig, args.config, overrides)
-        run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(CoachStageConfig, run, argv, description="Curriculum stage 2: coach labels on the student's play, in rounds.",
+                example="student=runs/stage1 coach=runs/c/final", flags={"rounds": int})
 
 
 if __name__ == "__main__":

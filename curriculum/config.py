@@ -5,8 +5,11 @@ nested dataclasses: `trainer.lr=1e-3`). The resolved config is saved in the run 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
 import os
+import signal
 import types
 import typing
 from pathlib import Path
@@ -187,3 +190,33 @@ def check_same_run(cfg: Any, run: str | Path, mutable: set[str], *, keep: tuple[
         diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ValueError(f"{what or f'run_dir {run}'} was started with other settings ({diffs}). Resume with "
                          f"the same settings, or {fix}")
+
+
+def recipe_main(cls: type[T], run: typing.Callable[[T], Any], argv: list[str] | None, *, description: str,
+                example: str, log_level: int = logging.WARNING, quiet: dict[str, int] | None = None,
+                flags: dict[str, type] | None = None, errors: tuple[type[BaseException], ...] = ()) -> Any:
+    """Every recipe's command line: `--config FILE.yaml` and `key=value` overrides (plus `flags`,
+    each `--name VALUE` standing for the override `name=VALUE`) into `cls`, then `run(cfg)`.
+
+    A user's error (ValueError, FileNotFoundError, and `errors`) is one line, never a traceback;
+    SIGTERM stops like Ctrl-C (servers and hosts are closed on the way out) and what was finished
+    is kept for the next run of the same command.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="YAML file; key=value overrides follow")
+    for name, kind in (flags or {}).items():
+        parser.add_argument(f"--{name}", type=kind, default=None, help=f"the config's `{name}`")
+    parser.add_argument("overrides", nargs="*", help=f"key=value, e.g. {example}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, level in {"poke_env": logging.CRITICAL, **(quiet or {})}.items():
+        logging.getLogger(name).setLevel(level)
+    overrides = list(args.overrides) + [f"{name}={getattr(args, name)}" for name in (flags or {})
+                                        if getattr(args, name) is not None]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run(load_config(cls, args.config, overrides))
+    except (ValueError, FileNotFoundError, *errors) as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; what was finished is kept. Run the same command to resume.") from None

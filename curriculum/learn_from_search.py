@@ -41,7 +41,6 @@ battles end, so a kill loses only the battles in flight):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -54,7 +53,7 @@ from battles.build import build
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
 from curriculum.coaching import train_student
-from curriculum.config import check_same_run, load_config, save_config, to_dict
+from curriculum.config import check_same_run, recipe_main, save_config, to_dict
 from curriculum.lineage import resolve_parent, update_lineage
 from curriculum.phases import (
     PlayConfig,
@@ -311,18 +310,8 @@ def print_summary(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Curriculum stage 3: learn from a search bot, then promote.")
-    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/stage3.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. parent=runs/stage2 battles=200")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    logging.getLogger("agents.search").setLevel(logging.ERROR)
-    try:
-        cfg = load_config(SearchStageConfig, args.config, args.overrides)
-        run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(SearchStageConfig, run, argv, description="Curriculum stage 3: learn from a search bot, then promote.",
+                example="parent=runs/stage2 battles=200", quiet={"agents.search": logging.ERROR})
 
 
 if __name__ == "__main__":

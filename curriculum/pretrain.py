@@ -22,7 +22,6 @@ The config, the model, the loss and the data filters are curriculum/imitation.py
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from accelerate.utils import broadcast_object_list
 
 from battles.dataset import MixLoader
 from battles.encode import ObservationEncoder
-from curriculum.config import load_config, save_config, to_dict
+from curriculum.config import recipe_main, save_config, to_dict
 from curriculum.distributed import DistributedStartError
 from curriculum.imitation import (
     PretrainConfig,
@@ -49,22 +48,11 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Imitation pretraining (stage 0).")
-    parser.add_argument("--config", default=None, help="YAML file; key=value overrides follow")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.max_steps=500 preset=small")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    try:
-        run(cfg)
     # Errors a user causes (a bad preset, window, mix or data path, a missing or damaged
     # checkpoint, a run folder in use: RunFolderBusy) are ValueError / FileNotFoundError with a message
     # naming the key or path and what to do: one line, no traceback.
-    except (DistributedStartError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(PretrainConfig, run, argv, description="Imitation pretraining (stage 0).",
+                example="trainer.max_steps=500 preset=small", log_level=logging.INFO, errors=(DistributedStartError,))
 
 
 def _report(result: TrainResult, cfg: PretrainConfig) -> None:

@@ -28,7 +28,6 @@ shared with stage 2 (curriculum/coach.py); training is this file's own.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -46,7 +45,7 @@ from battles.build import build
 from battles.dataset import DataMix, MixLoader, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
-from curriculum.config import check_same_run, load_config, save_config, to_dict
+from curriculum.config import check_same_run, recipe_main, save_config, to_dict
 from curriculum.lineage import resolve_parent, update_lineage
 from curriculum.phases import (
     PlayConfig,
@@ -389,17 +388,8 @@ def print_summary(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Curriculum stage 1: play an opponent pool, learn, promote.")
-    parser.add_argument("--config", default=None, help="YAML file (e.g. curriculum/configs/stage1.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. parent=runs/x/final battles=500")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    try:
-        cfg = load_config(SelfPlayConfig, args.config, args.overrides)
-        run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(SelfPlayConfig, run, argv, description="Curriculum stage 1: play an opponent pool, learn, promote.",
+                example="parent=runs/x/final battles=500")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ A point that was stopped continues from its last training state; finished points
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from battles.dataset import Selection
 from battles.encode import ObservationEncoder
 from battles.logs import count_battles
 from battles.shards import list_shards
-from curriculum.config import check_same_run, load_config, save_config
+from curriculum.config import check_same_run, recipe_main, save_config
 from curriculum.imitation import PretrainConfig, validation_batches
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.pretrain import run as pretrain
@@ -317,17 +316,8 @@ def run(cfg: StudyConfig, server=None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The imitation scaling study.")
-    parser.add_argument("--config", default=None, help="YAML file; key=value overrides follow")
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. decisions=[10000,100000] presets=[tiny]")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
-    try:
-        cfg = load_config(StudyConfig, args.config, args.overrides)
-        run(cfg)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    recipe_main(StudyConfig, run, argv, description="The imitation scaling study.",
+                example="decisions=[10000,100000] presets=[tiny]")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,4 @@
 #   scripts/ablate_iteration.sh chain.student=runs/stage1 chain.coach=runs/coach/final chain.rounds=3 out=runs/ablate_iter
 # Running the same command again resumes (finished rounds, controls and battles are kept).
 # Results: OUT/report/iteration.md (table, budgets, findings), ratings.png; OUT/tournament/report/.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || ./setup_env.sh
-args=("$@")
-[ "${1:-}" = "--config" ] || args=(--config curriculum/configs/stage2_ablate.yaml "$@")
-exec .venv/bin/python -m curriculum.ablate_iteration "${args[@]}"
+exec "$(dirname "$0")/run_recipe.sh" curriculum.ablate_iteration curriculum/configs/stage2_ablate.yaml "$@"

@@ -5,9 +5,4 @@
 #   scripts/curriculum_stage1.sh parent=runs/quickstart/pretrain/final battles=2000 run_dir=runs/stage1
 # Running the same command again resumes where it stopped. Then:
 #   .venv/bin/python -m curriculum.lineage runs/stage1
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || ./setup_env.sh
-args=("$@")
-[ "${1:-}" = "--config" ] || args=(--config curriculum/configs/stage1.yaml "$@")
-exec .venv/bin/python -m curriculum.selfplay "${args[@]}"
+exec "$(dirname "$0")/run_recipe.sh" curriculum.selfplay curriculum/configs/stage1.yaml "$@"

@@ -6,9 +6,4 @@
 #   scripts/curriculum_stage2.sh student=runs/stage1 coach=runs/coach/final --rounds 2 run_dir=runs/stage2
 # Running the same command again resumes where it stopped. Then:
 #   .venv/bin/python -m curriculum.lineage runs/stage2
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || ./setup_env.sh
-args=("$@")
-[ "${1:-}" = "--config" ] || args=(--config curriculum/configs/stage2.yaml "$@")
-exec .venv/bin/python -m curriculum.coach "${args[@]}"
+exec "$(dirname "$0")/run_recipe.sh" curriculum.coach curriculum/configs/stage2.yaml "$@"

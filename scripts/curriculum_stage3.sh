@@ -7,9 +7,4 @@
 #   scripts/curriculum_stage3.sh parent=runs/stage2 run_dir=runs/stage3 search=search:ms=1000
 # Running the same command again resumes where it stopped. Then:
 #   .venv/bin/python -m curriculum.lineage runs/stage3
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || ./setup_env.sh
-args=("$@")
-[ "${1:-}" = "--config" ] || args=(--config curriculum/configs/stage3.yaml "$@")
-exec .venv/bin/python -m curriculum.learn_from_search "${args[@]}"
+exec "$(dirname "$0")/run_recipe.sh" curriculum.learn_from_search curriculum/configs/stage3.yaml "$@"
