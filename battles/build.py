@@ -8,7 +8,8 @@ Inputs: replays as people save them (battles/replays.py reads them): replay JSON
 give exact choices and teams), raw `.log` protocol text, HTML replay pages (Showdown's
 downloads, poke-env's saved replays), alone, in folders or in zip/tar archives; and
 Qabra's own recorded battle shards (battles/logs.py). Human logs become source `human`;
-our battles become `selfplay` (or `--source`).
+our battles become `selfplay` (or `--source`), but for the other player of an online battle
+(`online:NAME`), who is `human`.
 
 Writes trajectory shards to DIR, skips battles already built there when run again (a
 build killed half-way resumes without duplicates: a shard is complete or absent, and a
@@ -57,6 +58,13 @@ from battles.trajectories import ShardWriter, Trajectory
 from battles.view import decisions_from_log
 
 HUMAN, SELFPLAY = "human", "selfplay"
+
+
+def side_source(item: Item, side: str) -> str:
+    """A side's source: the item's, but `human` for the other player of an online battle (its
+    spec is `online:NAME`, eval/online.py), who is a person or someone else's bot, not ours."""
+    spec = item.agents.get(side) or ""
+    return HUMAN if item.source == SELFPLAY and spec.startswith("online:") else item.source
 
 
 @dataclass
@@ -186,7 +194,7 @@ def build_item(item: Item) -> tuple[list[Trajectory], str | None, int]:
             continue
         tokens, numbers = enc.encode_many([d.view for d in decisions])
         trajs.append(Trajectory(
-            battle_id=item.key, player=side, format=item.replay["format"], source=item.source,
+            battle_id=item.key, player=side, format=item.replay["format"], source=side_source(item, side),
             outcome=0 if winner == "" else (1 if winner == side else -1),
             encoder_version=enc.version, vocab_hash=enc.vocab.hash,
             tokens=tokens, numbers=numbers,
