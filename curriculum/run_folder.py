@@ -30,7 +30,7 @@ from models.checkpoint import clean_interrupted_saves
 
 LOCK_NAME = "run.lock"
 IN_USE = "is in use by"  # in RunFolderBusy's message: the supervisor does not restart into a busy folder
-_HELD: dict[Path, list] = {}  # run folders this process holds: path -> [lock file descriptor, depth]
+_HELD: dict[Path, list] = {}  # run folders this process holds: path -> [lock fd, depth, folder created by us]
 
 
 class RunFolderBusy(ValueError):
@@ -41,6 +41,7 @@ def _lock(path: Path) -> None:
     if path in _HELD:  # re-entrant: a recipe holds it, then its trainer's fit
         _HELD[path][1] += 1
         return
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -55,7 +56,7 @@ def _lock(path: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
                  f"({' '.join(sys.argv)[:300]})\n".encode())
-    _HELD[path] = [fd, 1]
+    _HELD[path] = [fd, 1, created]
 
 
 def _unlock(path: Path) -> None:
@@ -64,6 +65,11 @@ def _unlock(path: Path) -> None:
     if held[1] == 0:
         del _HELD[path]
         os.ftruncate(held[0], 0)  # no holder now
+        if held[2] and [p.name for p in path.iterdir()] == [LOCK_NAME]:
+            # The folder is ours and the command wrote nothing (it stopped at once): leave no trace.
+            (path / LOCK_NAME).unlink()
+            with contextlib.suppress(OSError):
+                path.rmdir()
         os.close(held[0])  # closing the descriptor drops the lock; the file stays, empty of meaning
 
 
