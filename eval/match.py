@@ -1,12 +1,19 @@
-"""Play N real battles between two agents on a local Showdown server and record them.
+"""Play N real battles between two agents and record them.
 
     python -m eval.match --p1 maxbp --p2 random --format gen1ou --team-set competitive \
-        -n 100 --concurrency 16 --out runs/match
+        -n 100 --concurrency 16 --out runs/match [--backend sim|server]
 
 Ends with one JSON line: battles, p1_wins, p2_wins, ties, errors, p1_winrate, ci95,
-mean_turns, battles_per_s. "p1" means the agent given as --p1. A server that dies
-mid-run (or stalls) is restarted, the battles it held are counted in `errors` and
-played again, so the run still ends with N finished battles.
+mean_turns, battles_per_s. "p1" means the agent given as --p1.
+
+Backends (DESIGN "Where battles are played"): `sim` (the default) plays on Showdown's own
+simulator hosted by a Node process over pipes (eval/runner.py); `server` plays on the real
+local Showdown server over websockets. Both record the same `BattleRecord`s. A host or
+server that dies mid-run (or stalls) is restarted, the battles it held are counted in
+`errors` and played again, so the run still ends with N finished battles. On the `sim`
+backend finished battles reach a shard within `flush_seconds`, the command line resumes (a
+rerun into the same --out plays only what is missing of N), and `--workers K` splits the
+match over K processes, each with its own simulator host (eval/workers.py).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,8 +34,13 @@ from agents.registry import make_player
 from battles.logs import BattleLogWriter, BattleRecord
 from battles.server import ShowdownServer
 from eval.ratings import wilson_interval
+from eval.recorded import MatchResult, add_recorded, count, tally
+from eval.workers import play_in_workers
 
 log = logging.getLogger(__name__)
+
+
+BACKENDS = ("sim", "server")
 
 
 def needs_teams(battle_format: str) -> bool:
@@ -37,46 +48,12 @@ def needs_teams(battle_format: str) -> bool:
     return "random" not in battle_format
 
 
-@dataclass
-class MatchResult:
-    """What a match produced: counts by agent (not by side), turns, timing, shards."""
-
-    p1_spec: str
-    p2_spec: str
-    battle_format: str
-    battles: int = 0
-    p1_wins: int = 0
-    p2_wins: int = 0
-    ties: int = 0
-    errors: int = 0
-    restarts: int = 0
-    turns: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-    shards: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        """The one-line JSON summary of DESIGN's match runner."""
-        score = self.p1_wins + 0.5 * self.ties
-        lo, hi = wilson_interval(score, self.battles)
-        return {
-            "p1": self.p1_spec,
-            "p2": self.p2_spec,
-            "format": self.battle_format,
-            "battles": self.battles,
-            "p1_wins": self.p1_wins,
-            "p2_wins": self.p2_wins,
-            "ties": self.ties,
-            "errors": self.errors,
-            "restarts": self.restarts,
-            "p1_winrate": round(score / self.battles, 4) if self.battles else None,
-            "ci95": [round(lo, 4), round(hi, 4)],
-            "mean_turns": round(sum(self.turns) / len(self.turns), 2) if self.turns else None,
-            "battles_per_s": round(self.battles / self.seconds, 3) if self.seconds else None,
-        }
-
-
 class Match:
-    """Plays `n` battles of `p1_spec` (challenger) against `p2_spec` and records each one."""
+    """Plays `n` battles of `p1_spec` (challenger) against `p2_spec` and records each one.
+
+    `backend`: "sim" or "server"; left out, it is "server" when a `server` is given, else "sim".
+    `resume` (sim only): `n` counts the battles of this pairing already in `out_dir`.
+    """
 
     def __init__(
         self,
@@ -94,11 +71,22 @@ class Match:
         max_restarts: int = 10,
         progress: bool = True,
         shard_size: int = 500,
+        backend: str | None = None,
+        resume: bool = False,
+        flush_seconds: float = 5.0,
+        workers: int = 1,
     ):
         if n < 1:
             raise ValueError(f"-n must be at least 1, got {n}")
         if concurrency < 1:
             raise ValueError(f"--concurrency must be at least 1, got {concurrency}")
+        backend = backend or ("server" if server is not None else "sim")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: pick one of {', '.join(BACKENDS)}")
+        if workers < 1:
+            raise ValueError(f"workers={workers} must be at least 1")
+        if workers > 1 and backend != "sim":
+            raise ValueError(f"workers={workers} needs the sim backend (got backend={backend!r})")
         if needs_teams(battle_format) and not team_set:
             raise ValueError(f"format {battle_format} needs a team set: pass --team-set (e.g. competitive)")
         self.p1_spec, self.p2_spec = p1_spec, p2_spec
@@ -113,6 +101,10 @@ class Match:
         self.max_restarts = max_restarts
         self.progress = progress
         self.shard_size = shard_size
+        self.backend = backend
+        self.resume = resume
+        self.flush_seconds = flush_seconds
+        self.workers = workers
         self._token = secrets.token_hex(4)
         self._agent_of_name: dict[str, str] = {}  # account name -> 'p1' | 'p2' (the agent, not the side)
         self._consumed: list[Path] = []  # recorded, deleted once their shard is written
@@ -264,8 +256,51 @@ class Match:
         self._flush(writer, result)
         return result
 
+    async def _run_sim(self) -> MatchResult:
+        from eval.runner import SimRunner
+
+        result = MatchResult(self.p1_spec, self.p2_spec, self.battle_format)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            add_recorded(result, self.out_dir, self.p1_spec, self.p2_spec, self.battle_format)
+            self.seed += result.battles  # fresh seeds and team draws for the battles still to play
+        todo = max(0, self.n - result.battles)
+        writer = BattleLogWriter(self.out_dir, prefix=f"battles-{self._token}", battles_per_shard=10**9)
+        specs = {"p1": self.p1_spec, "p2": self.p2_spec}
+        last_flush = time.monotonic()
+
+        def on_record(data: dict) -> None:
+            nonlocal last_flush
+            record = BattleRecord.from_server_json(data, specs=specs, team_set=self.team_set_name,
+                                                   id_prefix=f"q{self._token}-")
+            writer.add(record)
+            count(result, record)
+            # A killed match keeps what it finished: at most flush_seconds of battles are lost.
+            if len(writer.pending) >= self.shard_size or time.monotonic() - last_flush >= self.flush_seconds:
+                self._flush(writer, result)
+                last_flush = time.monotonic()
+
+        start = time.monotonic()
+        runner = SimRunner(self.p1_spec, self.p2_spec, battle_format=self.battle_format, on_record=on_record,
+                           teams=self._team_samplers(), concurrency=self.concurrency, seed=self.seed,
+                           max_restarts=self.max_restarts, stall_timeout=self.stall_timeout)
+        try:
+            with tqdm(total=self.n, initial=result.battles, desc=f"{self.p1_spec} vs {self.p2_spec}",
+                      disable=not self.progress) as bar:
+                stats = await runner.play(todo, bar)
+        finally:
+            self._flush(writer, result)
+            await runner.close()
+        result.errors, result.restarts, result.played = stats.errors, stats.restarts, stats.battles
+        result.seconds = time.monotonic() - start
+        return result
+
     def run(self) -> MatchResult:
-        """Play all battles (starting a server if none was given) and return the result."""
+        """Play all battles (starting a server or a simulator host as needed) and return the result."""
+        if self.backend == "sim" and self.workers > 1:
+            return play_in_workers(self, self.workers, play_share)
+        if self.backend == "sim":
+            return asyncio.run(self._run_sim())
         own = self.server is None
         if own:
             self.server = ShowdownServer()
@@ -275,19 +310,6 @@ class Match:
         finally:
             if own:
                 self.server.stop()
-
-
-def tally(folder: str | Path, spec: str) -> tuple[int, int, int]:
-    """(battles, wins of the agent `spec`, ties) recorded in a match folder (either seat)."""
-    from battles.logs import read_battle_logs
-
-    n = wins = ties = 0
-    folder = Path(folder)
-    for rec in read_battle_logs(folder) if folder.exists() else []:
-        n += 1
-        ties += not rec.winner
-        wins += bool(rec.winner) and rec.specs.get(rec.winner) == spec
-    return n, wins, ties
 
 
 def folder_name(spec: str) -> str:
@@ -317,9 +339,10 @@ def play_over_team_sets(agent: str, opponent: str, n: int, team_sets: list[str],
             "ci95": [lo, hi], "by_team_set": by_set}
 
 
-def run_match(p1: str, p2: str, **kwargs) -> MatchResult:
-    """Convenience wrapper: `Match(p1, p2, **kwargs).run()`."""
-    return Match(p1, p2, **kwargs).run()
+def play_share(kwargs: dict) -> dict:
+    """One worker's share of a match (eval/workers.py runs it in a fresh process): its counts."""
+    result = Match(**kwargs).run()
+    return {"errors": result.errors, "restarts": result.restarts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,25 +353,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--p2", required=True, help="agent spec")
     parser.add_argument("--format", default="gen1ou", help="Showdown format id")
     parser.add_argument("--team-set", default="competitive", help="team set name or folder (ignored for random battles)")
-    parser.add_argument("-n", type=int, default=100, help="battles to finish")
+    parser.add_argument("-n", type=int, default=100,
+                        help="battles to finish (sim backend: in total in --out, counting earlier runs)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/match", help="folder for the battle log shards")
-    parser.add_argument("--port", type=int, default=None, help="port for the server (default: a free one)")
+    parser.add_argument("--backend", choices=BACKENDS, default="sim",
+                        help="sim: Showdown's simulator over pipes (default); server: the real local server")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="sim backend: processes, each with its own simulator host (0: one per core)")
+    parser.add_argument("--flush-seconds", type=float, default=5.0,
+                        help="sim backend: finished battles reach a shard at most this long after they end")
+    parser.add_argument("--port", type=int, default=None, help="port for the server backend (default: a free one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    server = ShowdownServer(args.port)
+    server = ShowdownServer(args.port) if args.backend == "server" else None
     try:
         result = Match(
             args.p1, args.p2, battle_format=args.format, n=args.n, out_dir=args.out,
             team_set=args.team_set, concurrency=args.concurrency, seed=args.seed,
-            server=server, progress=not args.quiet,
+            server=server, progress=not args.quiet, backend=args.backend, resume=args.backend == "sim",
+            workers=args.workers or os.cpu_count() or 1, flush_seconds=args.flush_seconds,
         ).run()
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     print(json.dumps(result.summary()), flush=True)
 
 

@@ -1,75 +1,198 @@
-"""Battles per second on the local server, by agent pair, format and concurrency.
+"""Battles/s, turns/s and CPU per turn: the simulator alone, the `sim` path and the `server` path.
 
-    python scripts/bench_battles.py [--n 100] [--concurrency 1 4 16] [--formats gen1ou gen9ou]
+    python scripts/bench_battles.py [--n 200] [--formats gen1ou gen9ou] \
+        [--pairs random:random heuristic:maxbp policy:maxbp] [--paths ceiling sim server]
 
-One server, warmed up first (the first ~100 battles after a start are slower). For each
-row: battles/s, and CPU seconds split between the Node server (all its processes) and
-this Python process (the poke-env players). The target on a 2-core machine is at least
-15 battles/s in gen1ou at concurrency 16.
+All rows in one run, at the same concurrency, each after a warm-up of its format; the paths
+of one pair run back to back (a shared machine's other load then weighs on both alike):
+- `ceiling`: Node alone, the simulator with the package's own random players (no Python);
+- `sim`: poke-env players on the simulator host over pipes (eval/runner.py), recording each
+  battle as a match does;
+- `server`: the same players on the real local server over websockets (eval/match.py);
+- `workers` (ask for it): a `sim` match over --workers processes, each with its own host.
+CPU is what this process and the Node processes it runs used (not the whole machine, which
+others may share), in ms per turn played. `policy` means the bundled checkpoint, sampled.
+Targets (DESIGN, issue 20): sim >= 3x server battles/s for heuristic and policy vs maxbp in
+gen1ou; random vs random within 2x of the ceiling's CPU per turn; policy >= 0.7x heuristic.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 
+from agents.registry import BUNDLED_DIR, DEFAULT_BUNDLED
+from battles.logs import BattleLogWriter, BattleRecord
 from battles.server import ShowdownServer
+from battles.sim import SimHost
+from battles.teams import load_team_set
 from eval.match import Match
+from eval.runner import SimRunner
+
+POLICY = f"policy:{BUNDLED_DIR / DEFAULT_BUNDLED}"
 
 
-def python_cpu() -> float:
+def own_cpu() -> float:
     t = psutil.Process().cpu_times()
     return t.user + t.system
 
 
+def row(path: str, fmt: str, pair: str, battles: int, turns: int, wall: float, cpu: float, errors: int = 0) -> dict:
+    return {"path": path, "format": fmt, "pair": pair, "battles": battles, "turns": turns,
+            "battles_per_s": round(battles / wall, 2), "turns_per_s": round(turns / wall, 1),
+            "cpu_ms_per_turn": round(1000 * cpu / max(turns, 1), 2), "mean_turns": round(turns / max(battles, 1), 1),
+            "errors": errors}
+
+
+async def _ceiling(args, fmt: str, packed: list[str]) -> dict:
+    host = await SimHost().start()
+    try:
+        await host.bench(fmt, args.warmup, args.concurrency, packed)  # warm-up: the format's data
+        c0, t0 = host.cpu_seconds(), time.monotonic()
+        res = await host.bench(fmt, args.n, args.concurrency, packed)
+        return row("ceiling", fmt, "random vs random (node)", res["battles"], res["turns"],
+                   time.monotonic() - t0, host.cpu_seconds() - c0)
+    finally:
+        await host.close()
+
+
+async def _sim(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
+    """One `sim` row: a warmed-up host, then the players as a match plays them (records included)."""
+    teams = load_team_set("competitive", fmt)
+    host = await SimHost().start()
+    try:
+        await host.bench(fmt, args.warmup, args.concurrency, [t.packed for t in teams.sampler(0).draw(64)])
+        writer = BattleLogWriter(out / "sim", prefix=f"{fmt}-{p1}-{p2}", battles_per_shard=10**9)
+        turns = 0
+
+        def on_record(data: dict) -> None:
+            nonlocal turns
+            record = BattleRecord.from_server_json(data, specs={"p1": specs[p1], "p2": specs[p2]})
+            writer.add(record)
+            turns += record.turns
+
+        # Timed from the players' construction, as the server row's Match is.
+        c0, p0, t0 = host.cpu_seconds(), own_cpu(), time.monotonic()
+        runner = SimRunner(specs[p1], specs[p2], battle_format=fmt, on_record=on_record, host=host,
+                           teams=(teams.sampler(1), teams.sampler(2)), concurrency=args.concurrency)
+        stats = await runner.play(args.n)
+        writer.flush()
+        wall = time.monotonic() - t0
+        cpu = host.cpu_seconds() - c0 + own_cpu() - p0
+        return row("sim", fmt, f"{p1} vs {p2}", stats.battles, turns, wall, cpu, stats.errors)
+    finally:
+        await host.close()
+
+
+def _server(args, out: Path, server: ShowdownServer, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
+    c0, p0, t0 = server.cpu_seconds(), own_cpu(), time.monotonic()
+    result = Match(specs[p1], specs[p2], battle_format=fmt, team_set="competitive", n=args.n,
+                   out_dir=out / "server", concurrency=args.concurrency, server=server, progress=False).run()
+    wall = time.monotonic() - t0
+    cpu = server.cpu_seconds() - c0 + own_cpu() - p0
+    return row("server", fmt, f"{p1} vs {p2}", result.battles, sum(result.turns), wall, cpu, result.errors)
+
+
+def _workers(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
+    """A `sim` match over worker processes (their start-up included); CPU of the reaped workers."""
+    def children() -> float:
+        t = psutil.Process().cpu_times()
+        return t.children_user + t.children_system
+
+    c0, p0, t0 = children(), own_cpu(), time.monotonic()
+    result = Match(specs[p1], specs[p2], battle_format=fmt, team_set="competitive", n=args.n,
+                   out_dir=out / f"workers-{fmt}-{p1}-{p2}", concurrency=args.concurrency, workers=args.workers,
+                   progress=False).run()
+    wall = time.monotonic() - t0
+    cpu = children() - c0 + own_cpu() - p0
+    return row(f"sim x{args.workers}", fmt, f"{p1} vs {p2}", result.battles, sum(result.turns), wall, cpu,
+               result.errors)
+
+
+def bench(args, out: Path, specs: dict[str, str]) -> list[dict]:
+    """Every row; the paths of one pair run back to back, so the machine's other load hits both alike."""
+    rows = []
+
+    def add(r: dict) -> None:
+        rows.append(r)
+        print(fmt_row(r), flush=True)
+
+    with ShowdownServer() as server:
+        for fmt in args.formats:
+            packed = [t.packed for t in load_team_set("competitive", fmt).sampler(0).draw(64)]
+            if "ceiling" in args.paths:
+                add(asyncio.run(_ceiling(args, fmt, packed)))
+            if "server" in args.paths:
+                Match("random", "random", battle_format=fmt, team_set="competitive", n=args.warmup,
+                      out_dir=out / "warm", concurrency=args.concurrency, server=server, progress=False).run()
+            for pair in args.pairs:
+                p1, p2 = pair.split(":")
+                if "sim" in args.paths:
+                    add(asyncio.run(_sim(args, out, fmt, p1, p2, specs)))
+                if "server" in args.paths:
+                    add(_server(args, out, server, fmt, p1, p2, specs))
+                if "workers" in args.paths:
+                    add(_workers(args, out, fmt, p1, p2, specs))
+    return rows
+
+
+def fmt_row(r: dict) -> str:
+    return (f"{r['path']:8} {r['format']:7} {r['pair']:24} {r['battles']:>6} {r['battles_per_s']:>8} "
+            f"{r['turns_per_s']:>9} {r['cpu_ms_per_turn']:>9} {r['mean_turns']:>6} {r['errors']:>4}")
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """The issue's targets as measured ratios."""
+    get = {(r["path"], r["format"], r["pair"]): r for r in rows}
+    lines = []
+    for fmt in sorted({r["format"] for r in rows}):
+        for pair in ("heuristic vs maxbp", "policy vs maxbp", "random vs random"):
+            s, v = get.get(("sim", fmt, pair)), get.get(("server", fmt, pair))
+            if s and v:
+                lines.append(f"{fmt} {pair}: sim/server battles/s {s['battles_per_s'] / v['battles_per_s']:.2f}x, "
+                             f"turns/s {s['turns_per_s'] / v['turns_per_s']:.2f}x, "
+                             f"CPU per turn {v['cpu_ms_per_turn'] / s['cpu_ms_per_turn']:.2f}x less")
+        c, s = get.get(("ceiling", fmt, "random vs random (node)")), get.get(("sim", fmt, "random vs random"))
+        if c and s:
+            lines.append(f"{fmt} random vs random: sim CPU per turn {s['cpu_ms_per_turn'] / c['cpu_ms_per_turn']:.2f}x "
+                         f"the ceiling's (target <= 2)")
+        h, p = get.get(("sim", fmt, "heuristic vs maxbp")), get.get(("sim", fmt, "policy vs maxbp"))
+        if h and p:
+            lines.append(f"{fmt} sim: policy/heuristic battles/s {p['battles_per_s'] / h['battles_per_s']:.2f} "
+                         f"(target >= 0.7), turns/s {p['turns_per_s'] / h['turns_per_s']:.2f}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=100, help="battles per row (concurrency 1 plays n/4)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--n", type=int, default=200, help="battles per row")
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--formats", nargs="+", default=["gen1ou", "gen9ou"])
-    parser.add_argument("--pairs", nargs="+", default=["random:maxbp", "heuristic:maxbp"])
-    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--pairs", nargs="+", default=["random:random", "heuristic:maxbp", "policy:maxbp"])
+    parser.add_argument("--paths", nargs="+", default=["ceiling", "sim", "server"], choices=["ceiling", "sim", "server", "workers"])
+    parser.add_argument("--workers", type=int, default=2, help="processes for the `workers` path")
+    parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    specs = {"random": "random", "heuristic": "heuristic", "maxbp": "maxbp", "policy": POLICY}
 
-    rows = []
-    out = tempfile.mkdtemp(prefix="qabra-bench-")
-    with ShowdownServer() as server:
-        print(f"{'format':8} {'pair':18} {'conc':>4} {'battles':>7} {'b/s':>7} {'node cpu s':>10} {'python cpu s':>12} {'node share':>10}")
-        for fmt in args.formats:
-            # Warm-up per format: the simulator loads a format's data on first use.
-            Match("random", "random", battle_format=fmt, team_set="competitive", n=args.warmup,
-                  out_dir=out, concurrency=16, server=server, progress=False).run()
-            for pair in args.pairs:
-                p1, p2 = pair.split(":")
-                for conc in args.concurrency:
-                    n = max(10, args.n // 4) if conc == 1 else args.n
-                    node0, py0, t0 = server.cpu_seconds(), python_cpu(), time.monotonic()
-                    result = Match(p1, p2, battle_format=fmt, team_set="competitive", n=n, out_dir=out,
-                                   concurrency=conc, server=server, progress=False).run()
-                    wall = time.monotonic() - t0
-                    node, py = server.cpu_seconds() - node0, python_cpu() - py0
-                    row = {"format": fmt, "pair": f"{p1} vs {p2}", "concurrency": conc, "battles": result.battles,
-                           "battles_per_s": round(result.battles / wall, 2), "node_cpu_s": round(node, 1),
-                           "python_cpu_s": round(py, 1), "node_share": round(node / max(node + py, 1e-9), 2),
-                           "errors": result.errors}
-                    rows.append(row)
-                    print(f"{fmt:8} {row['pair']:18} {conc:>4} {result.battles:>7} {row['battles_per_s']:>7} "
-                          f"{row['node_cpu_s']:>10} {row['python_cpu_s']:>12} {row['node_share']:>10}", flush=True)
+    out = Path(tempfile.mkdtemp(prefix="qabra-bench-"))
+    print(f"{'path':8} {'format':7} {'pair':24} {'battles':>6} {'b/s':>8} {'turns/s':>9} {'cpu ms/t':>9} "
+          f"{'turns':>6} {'err':>4}", flush=True)
+    rows = bench(args, out, specs)
+    for line in ratios(rows):
+        print(line)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    target = [r for r in rows if r["format"] == "gen1ou" and r["concurrency"] == 16]
-    if target:
-        best = max(r["battles_per_s"] for r in target)
-        print(f"gen1ou at concurrency 16: {best} battles/s (target >= 15)")
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
