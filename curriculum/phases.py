@@ -241,9 +241,10 @@ def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: s
             seed = cfg.seed * 1_000_003 + 10_007 * i + have  # a restart draws new teams, never repeats
             print(f"play: {n - have} battles against {spec} ({have} already recorded)", flush=True)
             learner = learner_spec(parent, cfg.temperature, seed) + (f",{learner_params}" if learner_params else "")
+            # Showdown's simulator in a host process of its own (eval/runner.py): no server needed.
             Match(learner, spec, battle_format=cfg.format, n=n - have,
                   out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
-                  server=get_server(), shard_size=cfg.shard_battles).run()
+                  backend="sim", shard_size=cfg.shard_battles).run()
         summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder, is_learner)}
     return summary
 

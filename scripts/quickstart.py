@@ -10,7 +10,6 @@ from pathlib import Path
 
 from battles.build import build
 from battles.logs import count_battles
-from battles.server import ShowdownServer
 from curriculum.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.pretrain import run as pretrain
@@ -41,47 +40,47 @@ def main() -> None:
     t0 = time.monotonic()
     timings = {}
 
-    with ShowdownServer() as server:
-        # 1. The teacher's battles, recorded.
-        battles_dir = out / "battles"
-        for i, (opponent, share) in enumerate(DATA_PAIRS):
-            pair_dir = battles_dir / f"{TEACHER}-vs-{opponent}"
-            want = max(1, round(args.battles * share))
-            have = count_battles(pair_dir) if pair_dir.exists() else 0
-            if have < want:
-                Match(TEACHER, opponent, battle_format=FORMAT, team_set="competitive", n=want - have,
-                      out_dir=pair_dir, concurrency=args.concurrency, seed=100 + i + have, server=server).run()
-        timings["battles_s"] = round(time.monotonic() - t0, 1)
+    # Every battle on Showdown's own simulator, hosted in a process of its own (no server).
+    # 1. The teacher's battles, recorded.
+    battles_dir = out / "battles"
+    for i, (opponent, share) in enumerate(DATA_PAIRS):
+        pair_dir = battles_dir / f"{TEACHER}-vs-{opponent}"
+        want = max(1, round(args.battles * share))
+        have = count_battles(pair_dir) if pair_dir.exists() else 0
+        if have < want:
+            Match(TEACHER, opponent, battle_format=FORMAT, team_set="competitive", n=want - have,
+                  out_dir=pair_dir, concurrency=args.concurrency, seed=100 + i + have, backend="sim").run()
+    timings["battles_s"] = round(time.monotonic() - t0, 1)
 
-        # 2. Trajectories from those battles.
-        t = time.monotonic()
-        traj_dir = out / "trajectories"
-        built = build([battles_dir], traj_dir, progress=False)
-        print("build:", json.dumps(built))
-        timings["build_s"] = round(time.monotonic() - t, 1)
+    # 2. Trajectories from those battles.
+    t = time.monotonic()
+    traj_dir = out / "trajectories"
+    built = build([battles_dir], traj_dir, progress=False)
+    print("build:", json.dumps(built))
+    timings["build_s"] = round(time.monotonic() - t, 1)
 
-        # 3. Pretrain the policy on the teacher's decisions (resumes if interrupted).
-        t = time.monotonic()
-        cfg = load_config(PretrainConfig, None, [
-            f"run_dir={out / 'pretrain'}", f"data=[{traj_dir}]", "mix=selfplay:1.0",
-            f"select.selfplay.agents=[{TEACHER}]",
-            f"formats=[{FORMAT}]", f"preset={args.preset}", f"trainer.max_steps={args.steps}",
-            "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=500",
-            "trainer.checkpoint_every=500", "trainer.log_every=50", "window=64", "threads=1",
-        ])
-        pretrain(cfg)
-        timings["pretrain_s"] = round(time.monotonic() - t, 1)
+    # 3. Pretrain the policy on the teacher's decisions (resumes if interrupted).
+    t = time.monotonic()
+    cfg = load_config(PretrainConfig, None, [
+        f"run_dir={out / 'pretrain'}", f"data=[{traj_dir}]", "mix=selfplay:1.0",
+        f"select.selfplay.agents=[{TEACHER}]",
+        f"formats=[{FORMAT}]", f"preset={args.preset}", f"trainer.max_steps={args.steps}",
+        "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=500",
+        "trainer.checkpoint_every=500", "trainer.log_every=50", "window=64", "threads=1",
+    ])
+    pretrain(cfg)
+    timings["pretrain_s"] = round(time.monotonic() - t, 1)
 
-        # 4. The trained policy (greedy: its best guess of the teacher's move) against each opponent.
-        t = time.monotonic()
-        policy = f"policy:{out / 'pretrain' / 'final'},greedy=true"
-        rows = []
-        for j, opponent in enumerate(OPPONENTS):
-            result = Match(policy, opponent, battle_format=FORMAT, team_set="competitive", n=args.eval_n,
-                           out_dir=out / "eval" / opponent, concurrency=args.concurrency, seed=1000 + j,
-                           server=server).run()
-            rows.append({"opponent": opponent, **result.summary()})
-        timings["eval_s"] = round(time.monotonic() - t, 1)
+    # 4. The trained policy (greedy: its best guess of the teacher's move) against each opponent.
+    t = time.monotonic()
+    policy = f"policy:{out / 'pretrain' / 'final'},greedy=true"
+    rows = []
+    for j, opponent in enumerate(OPPONENTS):
+        result = Match(policy, opponent, battle_format=FORMAT, team_set="competitive", n=args.eval_n,
+                       out_dir=out / "eval" / opponent, concurrency=args.concurrency, seed=1000 + j,
+                       backend="sim").run()
+        rows.append({"opponent": opponent, **result.summary()})
+    timings["eval_s"] = round(time.monotonic() - t, 1)
 
     timings["total_s"] = round(time.monotonic() - t0, 1)
     print(f"\n{'opponent':12} {'battles':>7} {'win rate':>8}   95% interval")
