@@ -8,6 +8,8 @@ with bootstrap intervals (eval/ratings.py) then decide:
                         the child's interval lies above the parent's point estimate
     disjoint            stricter: the lower end of the child's interval lies above the upper
                         end of the parent's
+    gain                the bootstrap interval of the gain (child minus parent, both rated on
+                        the same resampled battles) excludes zero
 
 `play_tournament` is the one place that talks to the tournament; `decide` is a pure
 function of the ratings, so the rule can be tested on constructed results.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from eval.ratings import Ratings, index_games, rate
 
-RULES = ("lower_above_parent", "disjoint")
+RULES = ("lower_above_parent", "disjoint", "gain")
 CHILD, PARENT = "child", "parent"
 
 
@@ -40,6 +42,7 @@ class Decision:
     gain: float  # child rating - parent rating (Elo points)
     head_to_head: dict  # the child's score against the parent
     win_rates: dict = field(default_factory=dict)  # opponent -> {child: {...}, parent: {...}}
+    gain_ci: list = field(default_factory=list)  # the bootstrap interval of the gain (Elo points)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +75,7 @@ def decide(ratings: Ratings, *, child: str = CHILD, parent: str = PARENT,
     win_rates = {ratings.names[j]: {"child": _cell(ratings, c, j), "parent": _cell(ratings, p, j)}
                  for j in range(len(ratings.names)) if j not in (c, p)}
     gain = round(cs["rating"] - ps["rating"], 1)
+    gain_lo, gain_hi = ratings.gain_interval(c, p, level)
     pct = f"{100 * level:g}%"
     if cs["battles"] == 0 or ps["battles"] == 0:
         promoted, reason = False, "the child or the parent finished no tournament battle; nothing to compare"
@@ -84,16 +88,24 @@ def decide(ratings: Ratings, *, child: str = CHILD, parent: str = PARENT,
         promoted = False
         reason = (f"the child rates {gain:+.0f} over the parent, but the lower end of its {pct} interval "
                   f"({cs['lo']:.0f}) is not above the parent's rating ({ps['rating']:.0f}): not significant")
+    elif rule == "gain" and not gain_lo > 0:
+        promoted = False
+        reason = (f"the child rates {gain:+.0f} over the parent, but the {pct} interval of the gain "
+                  f"[{gain_lo:+.0f}, {gain_hi:+.0f}] does not exclude zero: not significant")
     elif rule == "disjoint" and cs["lo"] <= ps["hi"]:
         promoted = False
         reason = (f"the child rates {gain:+.0f} over the parent, but its {pct} interval "
                   f"[{cs['lo']:.0f}, {cs['hi']:.0f}] overlaps the parent's [{ps['lo']:.0f}, {ps['hi']:.0f}]")
     else:
         promoted = True
-        bound = ps["rating"] if rule == "lower_above_parent" else ps["hi"]
-        reason = (f"the child rates {gain:+.0f} over the parent ({cs['rating']:.0f} vs {ps['rating']:.0f}); "
-                  f"the lower end of its {pct} interval ({cs['lo']:.0f}) is above {bound:.0f} ({rule})")
-    return Decision(promoted, reason, rule, level, cs, ps, gain, h2h, win_rates)
+        if rule == "gain":
+            why = f"the {pct} interval of the gain [{gain_lo:+.0f}, {gain_hi:+.0f}] excludes zero (gain)"
+        else:
+            bound = ps["rating"] if rule == "lower_above_parent" else ps["hi"]
+            why = f"the lower end of its {pct} interval ({cs['lo']:.0f}) is above {bound:.0f} ({rule})"
+        reason = f"the child rates {gain:+.0f} over the parent ({cs['rating']:.0f} vs {ps['rating']:.0f}); {why}"
+    ci = [round(gain_lo, 1), round(gain_hi, 1)] if not math.isnan(gain_lo) else []
+    return Decision(promoted, reason, rule, level, cs, ps, gain, h2h, win_rates, ci)
 
 
 def rate_results(rows: Sequence[dict], names: Sequence[str], *, n_boot: int = 1000, seed: int = 0,

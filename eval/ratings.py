@@ -115,14 +115,16 @@ def elo_ratings(a, b, score, n_agents: int, *, prior: float = 1.0, center: float
 
 def bootstrap_ratings(a, b, score, n_agents: int, *, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95, prior: float = 1.0, center: float = 1500.0,
-                      anchor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) percentile intervals of the Elo ratings over battles resampled with replacement."""
+                      anchor: int | None = None, samples: bool = False):
+    """(lo, hi) percentile intervals of the Elo ratings over battles resampled with replacement;
+    with `samples`, also the resampled ratings themselves (n_boot, n_agents), from which the
+    interval of a difference between two agents can be read."""
     a, b, score = _games(a, b, score, n_agents)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 1 or a.size == 0:
         nan = np.full(n_agents, np.nan)
-        return nan, nan.copy()
+        return (nan, nan.copy(), np.empty((0, n_agents))) if samples else (nan, nan.copy())
     rng = np.random.default_rng(seed)
     # Resampling battles with replacement draws a multinomial count per distinct outcome
     # (a, b, score), in proportion to how often it occurred: exact and cheap.
@@ -138,7 +140,8 @@ def bootstrap_ratings(a, b, score, n_agents: int, *, n_boot: int = 1000, seed: i
         N[:, j, i] += c
     elo = to_elo(fit_strengths(W, N, prior), center=center, anchor=anchor)  # (B, n)
     tail = 100 * (1 - level) / 2
-    return np.percentile(elo, tail, axis=0), np.percentile(elo, 100 - tail, axis=0)
+    lo, hi = np.percentile(elo, tail, axis=0), np.percentile(elo, 100 - tail, axis=0)
+    return (lo, hi, elo) if samples else (lo, hi)
 
 
 def expected_score(elo: np.ndarray) -> np.ndarray:
@@ -192,6 +195,15 @@ class Ratings:
     observed: np.ndarray  # observed score rate over all its games
     games: np.ndarray
     matrix: WinRateMatrix
+    boot: np.ndarray | None = None  # the bootstrap's resampled ratings (n_boot, n_agents)
+
+    def gain_interval(self, i: int, j: int, level: float = 0.95) -> tuple[float, float]:
+        """The bootstrap interval of rating[i] - rating[j] (both from the same resampled battles)."""
+        if self.boot is None or len(self.boot) == 0:
+            return float("nan"), float("nan")
+        diff = self.boot[:, i] - self.boot[:, j]
+        tail = 100 * (1 - level) / 2
+        return float(np.percentile(diff, tail)), float(np.percentile(diff, 100 - tail))
 
     def order(self) -> list[int]:
         """Agent indices from the highest rating down (name breaks ties)."""
@@ -210,13 +222,13 @@ def rate(names: Sequence[str], a, b, score, *, prior: float = 1.0, n_boot: int =
     anchor_i = names.index(anchor) if anchor is not None else None
     a, b, score = _games(a, b, score, n)
     rating = elo_ratings(a, b, score, n, prior=prior, center=center, anchor=anchor_i)
-    lo, hi = bootstrap_ratings(a, b, score, n, n_boot=n_boot, seed=seed, level=level,
-                               prior=prior, center=center, anchor=anchor_i)
+    lo, hi, boot = bootstrap_ratings(a, b, score, n, n_boot=n_boot, seed=seed, level=level,
+                                     prior=prior, center=center, anchor=anchor_i, samples=True)
     matrix = win_rate_matrix(a, b, score, n)
     games = matrix.games.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         observed = np.where(games > 0, matrix.score.sum(1) / np.maximum(games, 1), np.nan)
-    return Ratings(names, rating, lo, hi, field_expectation(rating), observed, games, matrix)
+    return Ratings(names, rating, lo, hi, field_expectation(rating), observed, games, matrix, boot)
 
 
 def index_games(names: Sequence[str], a_names: Sequence[str], b_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

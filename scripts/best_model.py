@@ -7,8 +7,8 @@
 2. imitation: a policy on the tactician's decisions only (`preset`, `steps`).
 3. stage 1: the imitation model plays a pool holding the tactician and itself, learns from its
    won games (with some teacher data kept in each batch); promoted only if the tournament says so.
-4. stage 3: learning from the search bot (its labels on the student's positions and its own
-   games); promoted only if the tournament says so.
+4. stage 3: the student plays the tactician greedily while the search bot labels the positions
+   it is unsure of (curriculum/configs/stage3.yaml); promoted only if the tournament says so.
 5. final: a tournament of the imitation model, each stage's output and the heuristics, over
    the competitive, replay and variety team sets; prints the ratings and what each stage gained.
 
@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.registry import parse_spec
 from curriculum.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.learn_from_search import SearchStageConfig
@@ -49,8 +50,8 @@ class ChainConfig:
     preset: str = "tiny"
     steps: int = 6000
     stage1_battles: int = 3000
-    stage3_battles: int = 300
-    search: str = "search:ms=300"
+    stage3_battles: int = 200
+    search: str = "search:ms=1000"  # the search bot labelling the student's positions
     final_battles: int = 48  # per pair, per team set (a multiple of 4)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     threads: int = 1
@@ -108,7 +109,8 @@ def main() -> None:
         if "stage3" in cfg.stages:
             s3 = load_config(SearchStageConfig, REPO / "curriculum/configs/stage3.yaml", [
                 f"run_dir={run / 'stage3'}", f"parent={best}", f"battles={cfg.stage3_battles}",
-                f"search={cfg.search}", f"train_threads={cfg.threads}", "promotion.temperature=0",
+                f"search={cfg.search}", f"label_ms={parse_spec(cfg.search).params.get('ms', 1000)}",
+                f"train_threads={cfg.threads}",
             ])
             lineage = stage3(s3, servers())
             gained["stage3"] = lineage.get("decision")

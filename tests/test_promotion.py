@@ -76,6 +76,19 @@ def test_disjoint_is_stricter_than_the_default_rule():
     pytest.fail("no constructed result separated the two rules")
 
 
+def test_the_gain_rule_reads_the_interval_of_the_difference():
+    """`gain`: the child minus the parent on the same resampled battles; its interval, not two
+    overlapping ones, decides."""
+    clear = decide(ratings(field(0.75, 0.65, 0.85)), rule="gain")
+    assert clear.promoted and clear.gain_ci[0] > 0 and "excludes zero" in clear.reason, clear.reason
+    assert clear.gain_ci[0] < clear.gain < clear.gain_ci[1]
+    slight = decide(ratings(field(0.53, 0.43, 0.58)), rule="gain")
+    assert not slight.promoted and slight.gain > 0 and slight.gain_ci[0] <= 0
+    assert "does not exclude zero" in slight.reason
+    worse = decide(ratings(field(0.35, 0.30, 0.45)), rule="gain")
+    assert not worse.promoted and "does not beat" in worse.reason
+
+
 def test_error_rows_are_left_out():
     clean = decide(ratings(field(0.75, 0.65, 0.85)))
     noisy = decide(ratings(field(0.75, 0.65, 0.85), errors=7))
