@@ -253,7 +253,7 @@ def write_report(rows: Sequence[dict], names: Sequence[str], out_dir: str | Path
 
 def main(argv: list[str] | None = None) -> None:
     """Re-draw OUT/report from the results in OUT (every agent and battle there)."""
-    from eval.tournament import latest_outcomes, read_results
+    from eval.plan import latest_outcomes, read_results
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out", help="tournament folder (holds results/)")
