@@ -56,15 +56,15 @@ def update_lineage(run_dir: str | Path, **fields) -> dict:
 def resolve_parent(path: str | Path) -> tuple[Path, Path | None]:
     """(checkpoint folder, run folder that made it or None) for a checkpoint, pretrain run or stage run."""
     p = Path(path)
+    if (p / "config.json").is_file():  # a checkpoint (a bundled one keeps its lineage beside it)
+        run = read_checkpoint_info(p).metadata.get("run_dir")
+        return p, Path(run) if run else None
     if (p / LINEAGE).is_file():
         out = read_lineage(p).get("output")
         if not out:
             raise ValueError(f"parent {p} is a stage that has not finished (its {LINEAGE} names no output "
                              "yet); finish it by running its command again, or give a checkpoint folder")
         return Path(out), p
-    if (p / "config.json").is_file():
-        run = read_checkpoint_info(p).metadata.get("run_dir")
-        return p, Path(run) if run else None
     if (p / "final" / "config.json").is_file():
         return p / "final", p
     raise ValueError(f"parent {p}: not a checkpoint folder (config.json + model.safetensors), a pretraining "

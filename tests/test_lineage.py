@@ -85,6 +85,15 @@ def test_resolve_parent_from_checkpoint_pretrain_run_or_stage(runs, tmp_path):
         resolve_parent(tmp_path / "missing")
 
 
+def test_the_bundled_model_is_a_parent_despite_its_lineage_file():
+    """A bundled checkpoint keeps its lineage.json beside its weights (it has no run folder
+    here): a curriculum starts from it (README), it is not taken for an unfinished stage."""
+    from agents.registry import bundled_path
+
+    checkpoint, _ = resolve_parent(bundled_path())
+    assert checkpoint == bundled_path() and (checkpoint / "lineage.json").is_file()
+
+
 def test_update_merges_and_a_loop_is_an_error(tmp_path):
     x, y = tmp_path / "x", tmp_path / "y"
     update_lineage(x, status="played", parent={"checkpoint": "c", "run": str(y)})
