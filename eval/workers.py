@@ -52,6 +52,21 @@ def _recorded(match, shards: set[Path]):
     return result
 
 
+class _Played:
+    """Battles of this run recorded so far: each shard is read once (a finished shard never changes)."""
+
+    def __init__(self, match, before: set[Path]):
+        self.match, self.counted = match, set(before)
+        self.result = MatchResult(match.p1_spec, match.p2_spec, match.battle_format)
+
+    def __call__(self) -> int:
+        m = self.match
+        new = set(list_shards(m.out_dir)) - self.counted
+        add_recorded(self.result, m.out_dir, m.p1_spec, m.p2_spec, m.battle_format, shards=new)
+        self.counted |= new
+        return self.result.battles
+
+
 def play_in_workers(match, workers: int, play_share):
     """Play `match` (sim backend) over `workers` processes, each running `play_share(kwargs)` (a
     module-level function: a spawned process finds it by name); its MatchResult over this run's shards."""
@@ -62,11 +77,12 @@ def play_in_workers(match, workers: int, play_share):
     ctx = multiprocessing.get_context("spawn")
     errors = restarts = deaths = 0
     start = time.monotonic()
-    reports = Path(tempfile.mkdtemp(prefix="qabra-workers-"))
-    with tqdm(total=match.n, initial=match.n - todo, desc=f"{match.p1_spec} vs {match.p2_spec}",
+    played = _Played(match, before)
+    with tempfile.TemporaryDirectory(prefix="qabra-workers-") as tmp, tqdm(total=match.n, initial=match.n - todo, desc=f"{match.p1_spec} vs {match.p2_spec}",
               disable=not match.progress) as bar:
+        reports = Path(tmp)
         for round_ in range(match.max_restarts + 1):
-            done = _recorded(match, set(list_shards(out)) - before).battles
+            done = played()
             bar.n = match.n - todo + done
             bar.refresh()
             remaining = todo - done
@@ -87,7 +103,7 @@ def play_in_workers(match, workers: int, play_share):
                 procs.append((proc, report))
             while any(p.is_alive() for p, _ in procs):
                 time.sleep(1.0)
-                bar.n = match.n - todo + _recorded(match, set(list_shards(out)) - before).battles
+                bar.n = match.n - todo + played()
                 bar.refresh()
             for proc, report in procs:
                 proc.join()
@@ -103,9 +119,8 @@ def play_in_workers(match, workers: int, play_share):
                     restarts += summary["restarts"]
         else:
             raise RuntimeError(f"gave up after {deaths} dead workers; battles recorded in {out}")
-    played = _recorded(match, set(list_shards(out)) - before).battles
     result = _recorded(match, set(list_shards(out)) if match.resume else set(list_shards(out)) - before)
-    result.played = played
+    result.played = played()
     result.errors, result.restarts = errors + deaths, restarts + deaths
     result.seconds = time.monotonic() - start
     result.shards = [str(p) for p in sorted(set(list_shards(out)) - before)]
