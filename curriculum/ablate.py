@@ -42,7 +42,7 @@ from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import shard_stats
 from curriculum.batches import DecisionBatches, counted
-from curriculum.config import flatten, from_dict, load_config, recipe_main, save_config, to_dict
+from battles.config import flatten, from_dict, load_config, recipe_main, save_config, to_dict
 from curriculum.imitation import (
     PretrainConfig,
     build_model,

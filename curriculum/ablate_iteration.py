@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curriculum.coaching import CoachStageConfig, train_student
-from curriculum.config import check_same_run, recipe_main, save_config
+from battles.config import check_same_run, recipe_main, save_config
 from curriculum.lineage import read_lineage
 from curriculum.phases import write_json
 from curriculum.promotion import play_tournament, rate_results, write_tournament_report

@@ -43,7 +43,7 @@ from pathlib import Path
 from battles.build import build
 from battles.encode import ObservationEncoder
 from curriculum.coaching import COACH, SELF, CoachStageConfig, train_student
-from curriculum.config import check_same_run, recipe_main, save_config, to_dict
+from battles.config import check_same_run, recipe_main, save_config, to_dict
 from curriculum.lineage import LINEAGE, read_lineage, resolve_parent, update_lineage
 from curriculum.phases import (
     PlayConfig,

@@ -30,7 +30,7 @@ from battles.dataset import DataMix, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
 from curriculum.batches import DecisionBatches, learnable
-from curriculum.config import to_dict
+from battles.config import to_dict
 from curriculum.phases import PromotionConfig, StageTrainerConfig, learner_stats
 from curriculum.trainer import Trainer
 from models.checkpoint import load_checkpoint, save_checkpoint

@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list
 
 from battles.dataset import MixLoader
 from battles.encode import ObservationEncoder
-from curriculum.config import recipe_main, save_config, to_dict
+from battles.config import recipe_main, save_config, to_dict
 from curriculum.distributed import DistributedStartError
 from curriculum.imitation import (
     PretrainConfig,

@@ -45,7 +45,7 @@ from battles.build import build
 from battles.dataset import DataMix, MixLoader, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
 from battles.shards import list_shards
-from curriculum.config import check_same_run, recipe_main, save_config, to_dict
+from battles.config import check_same_run, recipe_main, save_config, to_dict
 from curriculum.lineage import resolve_parent, update_lineage
 from curriculum.phases import (
     PlayConfig,

@@ -39,7 +39,7 @@ from battles.dataset import Selection
 from battles.encode import ObservationEncoder
 from battles.logs import count_battles
 from battles.shards import list_shards
-from curriculum.config import check_same_run, recipe_main, save_config
+from battles.config import check_same_run, recipe_main, save_config
 from curriculum.imitation import PretrainConfig, validation_batches
 from curriculum.phases import ServerOnDemand, write_json
 from curriculum.pretrain import run as pretrain

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.registry import parse_spec
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.learn_from_search import SearchStageConfig
 from curriculum.learn_from_search import run as stage3

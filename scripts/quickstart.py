@@ -10,7 +10,7 @@ from pathlib import Path
 
 from battles.build import build
 from battles.logs import count_battles
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.pretrain import run as pretrain
 from eval.match import Match

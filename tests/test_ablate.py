@@ -15,7 +15,7 @@ from battles.encode import ObservationEncoder
 from battles.trajectories import ShardWriter, Trajectory
 from curriculum import ablate
 from curriculum.batches import DecisionBatches, learnable
-from curriculum.config import load_config
+from battles.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "curriculum" / "configs" / "ablate_smoke.yaml"

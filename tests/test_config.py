@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curriculum.config import load_config, save_config
+from battles.config import load_config, save_config
 from curriculum.imitation import PretrainConfig
 
 

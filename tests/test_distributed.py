@@ -201,7 +201,7 @@ def test_shipped_accelerate_configs_resolve(monkeypatch):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from curriculum.config import load_config
+    from battles.config import load_config
     from curriculum.imitation import PretrainConfig
     from curriculum.memory import GB, estimate
     from models.policy import Block, PolicyConfig

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from curriculum import selfplay
-from curriculum.config import check_same_run, load_config, save_config
+from battles.config import check_same_run, load_config, save_config
 from curriculum.phases import apportion, learner_matcher, learner_spec
 from curriculum.promotion import agent_names, decide, describe, rate_results
 from curriculum.selfplay import SelfPlayConfig

@@ -17,7 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from battles.build import build
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.pretrain import run as pretrain
 from curriculum.run_folder import LOCK_NAME

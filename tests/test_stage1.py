@@ -21,7 +21,7 @@ from battles.build import build
 from battles.logs import count_battles, read_battle_logs
 from battles.shards import list_shards
 from curriculum import selfplay
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.imitation import PretrainConfig
 from curriculum.lineage import chain, format_chain
 from curriculum.pretrain import run as pretrain

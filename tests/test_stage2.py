@@ -17,7 +17,7 @@ from battles.shards import list_shards
 from battles.trajectories import read_trajectories
 from curriculum import coach as stage2
 from curriculum.coaching import CoachStageConfig, coach_loss
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.lineage import chain, format_chain, resolve_parent
 from eval.tournament import read_results
 from models.checkpoint import load_checkpoint, save_checkpoint

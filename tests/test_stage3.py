@@ -15,7 +15,7 @@ from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import read_trajectories
 from curriculum import learn_from_search as stage3
-from curriculum.config import load_config
+from battles.config import load_config
 from eval.tournament import read_results
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer

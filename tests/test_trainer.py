@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curriculum.config import load_config
+from battles.config import load_config
 from curriculum.trainer import Trainer, TrainerConfig
 from models.policy import PolicyConfig, PolicyTransformer
 

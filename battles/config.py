@@ -1,6 +1,7 @@
-"""One configuration path for every recipe: a typed dataclass with defaults in code, an
-optional YAML file, and `key=value` overrides on the command line (dotted keys reach
-nested dataclasses: `trainer.lr=1e-3`). The resolved config is saved in the run folder.
+"""One configuration path for every command (recipes, tournament, match, quickstart): a typed
+dataclass with defaults in code (validated in its `__post_init__`, so on construction), an
+optional YAML file, and `key=value` overrides (dotted keys reach nested dataclasses:
+`trainer.lr=1e-3`). It sits in `battles/`, the lowest layer, so every layer may import it.
 """
 
 from __future__ import annotations
