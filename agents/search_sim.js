@@ -1,6 +1,6 @@
 'use strict';
 // The search bot's simulator side: a Pokémon Showdown Battle built from a spec (one full
-// guess of a battle, made by agents/search.py), cloned through the simulator's own state
+// guess of a battle, made by agents/search_spec.py), cloned through the simulator's own state
 // serialisation, and the choices each side may make in it. Used by search_worker.js.
 //
 //   const {buildBattle, Cloner, choicesFor, step} = require('./search_sim')(psDir);

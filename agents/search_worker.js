@@ -14,7 +14,7 @@
 //   bench  {spec, ms, depth, advance, fresh} -> clone and step timings
 // (agents/search_sim.js builds, clones and steps the battles.)
 // A spec is one full guess of a battle (both teams, HP, statuses, boosts, volatiles, PP,
-// field) built by agents/search.py. The battle is built once per spec and cloned through
+// field) built by agents/search_spec.py. The battle is built once per spec and cloned through
 // the simulator's own state serialisation (State.serializeBattle/deserializeBattle) for
 // every simulation. The search is decoupled UCT over both sides' simultaneous choices,
 // open loop (each simulation draws fresh random numbers), leaves scored by evaluate().

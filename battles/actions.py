@@ -7,12 +7,13 @@
 A spectator log and a live battle give the same index for the same choice because both
 order moves and bench the same way (the view lists the own side active-first, then the
 bench in canonical order). An action the log cannot show, or a forced one, is -1.
+
+Pure: no poke-env here. Masks and orders of a live poke-env battle are in battles/live.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,9 +27,7 @@ from battles.protocol import (
     parse_ident,
     to_id,
 )
-
-if TYPE_CHECKING:
-    from battles.view import BattleView
+from battles.view import BattleView
 
 N_ACTIONS = 13
 MOVE_SLOTS = 4
@@ -42,11 +41,6 @@ NO_REPEAT_MOVES = frozenset({"gigatonhammer", "bloodmoon"})
 # using it is a real choice against switching, so it takes move slot 0.
 PSEUDO_MOVES = frozenset({"fight", "struggle"})
 BLOCKING_VOLATILES = {"healblock": "heal", "throatchop": "sound"}  # volatile -> move flag it forbids
-
-
-def other(side: str) -> str:
-    """The opposing side id."""
-    return "p2" if side == "p1" else "p1"
 
 
 def move_slots(view: BattleView) -> tuple[str, ...]:
@@ -136,29 +130,7 @@ def finish_action(view: BattleView, index: int) -> int:
     return -1 if is_forced(view) else index
 
 
-# -- legality ---------------------------------------------------------------------------------
-def legal_from_battle(battle, view: BattleView) -> list[bool]:
-    """The legal mask of a live poke-env battle's current request, in the view's slots."""
-    mask = [False] * N_ACTIONS
-    slots = move_slots(view)
-    moves = battle.available_moves
-    if len(moves) == 1 and norm_move(moves[0].id) in PSEUDO_MOVES:
-        mask[0] = True
-    for move in moves:
-        i = move_index(view, move.id)
-        if i >= 0:
-            mask[i] = True
-    names = {id(mon): key.partition(": ")[2] for key, mon in battle.team.items()}
-    for mon in battle.available_switches:
-        i = switch_index(view, names.get(id(mon), ""))
-        if i >= 0:
-            mask[i] = True
-    if battle.can_tera:
-        for i in range(MOVE_SLOTS):
-            mask[TERA_OFFSET + i] = mask[i] and bool(slots[i])
-    return mask
-
-
+# -- legality in a log -------------------------------------------------------------------------
 @dataclass(slots=True)
 class LogHints:
     """What the log tells about the own active Pokémon's options at a decision."""
@@ -339,52 +311,3 @@ def align_choices(points: list[Point], choices: list[str]) -> tuple[list[int], s
         return paired, "choices_left_over"
     return paired, "log_has_more_decisions" if len(points) - len(choices) > 1 else ""
 
-
-# -- live play -----------------------------------------------------------------------------------
-def order_to_index(order, battle, view: BattleView | None = None) -> int:
-    """The action index of a poke-env BattleOrder in this battle's current view (-1: none)."""
-    from battles.view import view_from_battle
-
-    target = getattr(order, "order", None)
-    if target is None or isinstance(target, str):
-        return -1
-    view = view or view_from_battle(battle)
-    if hasattr(target, "base_power"):  # a Move
-        if norm_move(target.id) in PSEUDO_MOVES:
-            return 0
-        return move_index(view, target.id, tera=bool(getattr(order, "terastallize", False)))
-    for key, mon in battle.team.items():
-        if mon is target:
-            return switch_index(view, key.partition(": ")[2])
-    return -1
-
-
-def index_to_order(index: int, battle, player, view: BattleView | None = None):
-    """The poke-env order for an action index; never illegal (falls back to a legal one).
-
-    `view` is this request's view_from_battle(battle), when the caller already has it.
-    """
-    from battles.view import view_from_battle
-
-    view = view or view_from_battle(battle)
-    mask = view.legal
-    if not (0 <= index < N_ACTIONS and mask[index]):
-        legal = [i for i, ok in enumerate(mask) if ok]
-        if not legal:
-            return player.choose_default_move()  # forced: Showdown picks the only option
-        index = legal[0]
-    if index >= SWITCH_OFFSET and index < TERA_OFFSET:
-        name = bench_names(view)[index - SWITCH_OFFSET]
-        for mon in battle.available_switches:
-            if any(m is mon and k.partition(": ")[2] == name for k, m in battle.team.items()):
-                return player.create_order(mon)
-        return player.choose_default_move()
-    moves = battle.available_moves
-    if index == 0 and len(moves) == 1 and norm_move(moves[0].id) in PSEUDO_MOVES:
-        return player.create_order(moves[0])
-    tera = index >= TERA_OFFSET
-    move_id = move_slots(view)[index - (TERA_OFFSET if tera else 0)]
-    for move in battle.available_moves:
-        if norm_move(move.id) == move_id:
-            return player.create_order(move, terastallize=tera)
-    return player.choose_default_move()

@@ -5,7 +5,7 @@
     write_json(path, {"a": 1})            # indented JSON
     with atomic_path(path) as tmp: ...    # anything that writes a file by name (pyarrow, torch)
 
-Each writes a temporary file beside the target (unique per process), fsyncs it and renames
+Each writes a temporary file beside the target (unique per call), fsyncs it and renames
 it over the target; a crash mid-write leaves the old file and no temporary.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write; on a clean exit it replaces `path`, on an error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp")  # unique per call; pid last (shards.remove_stale_temporaries)
     try:
         yield tmp
         with open(tmp, "rb") as f:

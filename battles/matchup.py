@@ -24,6 +24,7 @@ can act (asleep, frozen), and a switch marker.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -122,25 +123,44 @@ def _base(gen: int, species: str) -> tuple[int, ...] | None:
     return (b["hp"], b["atk"], b["def"], b["spa"], b["spd"], b["spe"])
 
 
-def _stat(base: int, level: int, gen: int, hp: bool = False) -> float:
+def estimate_stat(base: int, level: int, gen: int, *, hp: bool = False) -> int:
+    """A stat from its base and level: gen 1-2 max DVs and stat exp, gen 3+ 31 IVs and 84 EVs."""
     core = ((base + 15) * 2 + 63) * level // 100 if gen <= 2 else (2 * base + 52) * level // 100
-    return float(core + level + 10 if hp else core + 5)
+    return core + level + 10 if hp else core + 5
 
 
-def _stage(stage: int) -> float:
+def stage_multiplier(stage: int) -> float:
+    """The multiplier of a stat boost stage (-6..6) on Attack, Defense, Sp. Atk, Sp. Def, Speed."""
     return (2 + stage) / 2 if stage >= 0 else 2 / (2 - stage)
 
 
+def acting_stats(stats: Sequence[float], stages: Sequence[int], status: str, gen: int) -> list[float]:
+    """Attack, Defense, Sp. Atk, Sp. Def and Speed as they act this turn: boost stages applied,
+    paralysis slowing (x0.25 through gen 6, x0.5 after), a burn halving Attack."""
+    out = [s * stage_multiplier(b) for s, b in zip(stats[:5], stages[:5], strict=True)]
+    if status == "par":
+        out[4] *= 0.25 if gen <= 6 else 0.5
+    if status == "brn":
+        out[0] *= 0.5
+    return out
+
+
 @dataclass(frozen=True, slots=True)
-class _Fighter:
-    mon: PokemonView
-    types: tuple[str, ...]
+class BattleStats:
+    """A Pokémon's stats as they act this turn (see acting_stats) and its maximum HP."""
+
     atk: float
     dfn: float
     spa: float
     spd: float
     spe: float
     max_hp: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Fighter(BattleStats):
+    mon: PokemonView
+    types: tuple[str, ...]
     base_spe: int
 
 
@@ -150,13 +170,10 @@ def _fighter(gen: int, mon: PokemonView) -> _Fighter | None:
     if base is None:
         return None
     level = mon.level or 100
-    stats = [_stat(b, level, gen) * _stage(mon.boosts[i]) for i, b in enumerate(base[1:])]
-    if mon.status == "par":
-        stats[4] *= 0.25 if gen <= 6 else 0.5
-    if mon.status == "brn":
-        stats[0] *= 0.5
+    stats = acting_stats([estimate_stat(b, level, gen) for b in base[1:]], mon.boosts, mon.status, gen)
     types = (mon.tera_type,) if mon.terastallized and mon.tera_type else mon.types
-    return _Fighter(mon, tuple(types), *stats, _stat(base[0], level, gen, hp=True), base[5])
+    return _Fighter(*stats, float(estimate_stat(base[0], level, gen, hp=True)), mon=mon, types=tuple(types),
+                    base_spe=base[5])
 
 
 def _effectiveness(gen: int, mtype: str, target: _Fighter) -> float:

@@ -200,3 +200,8 @@ def strip_prefix(effect: str) -> tuple[str, str]:
     if sep and head in ("move", "ability", "item", "pokemon"):
         return head, rest
     return "", effect
+
+
+def other_side(side: str) -> str:
+    """The opposing side id ('p1' <-> 'p2')."""
+    return "p2" if side == "p1" else "p1"

@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from battles.files import atomic_path
+
 SHARD_SUFFIX = ".parquet"
 
 
@@ -42,18 +44,9 @@ def reading(path: str | Path) -> Iterator[None]:
 
 def write_table_atomic(table: pa.Table, path: str | Path, *, row_group_size: int | None = None) -> Path:
     """Write `table` to `path` via a temporary file and a rename (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # <name>.<pid>.tmp, which remove_stale_temporaries knows
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def _alive(pid: int) -> bool:

@@ -18,9 +18,7 @@ import hashlib
 import json
 import logging
 import os
-import re
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from poke_env.teambuilder import Teambuilder
 
+from battles.files import write_atomic
+from battles.protocol import to_id
 from battles.server import showdown_dir
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,6 @@ class Team:
             # packed: NICKNAME|SPECIES|...; SPECIES is left empty when it equals the nickname
             out.append(to_id(fields[1] or fields[0]))
         return tuple(out)
-
-
-def to_id(name: str) -> str:
-    """Showdown's toID: lower case, letters and digits only ("Iron Moth" -> "ironmoth")."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 # -- validation -----------------------------------------------------------------------
@@ -129,16 +124,7 @@ def _write_cache(path: Path, new_entries: dict[str, dict]) -> None:
     # Merge with what is on disk now: another process may have added entries meanwhile.
     entries = _read_cache(path)
     entries.update(new_entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"schema": _CACHE_SCHEMA, "entries": entries}, f, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared, not secret
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps({"schema": _CACHE_SCHEMA, "entries": entries}, sort_keys=True))
 
 
 def _run_validator(items: Sequence[tuple[str, str]], ps_dir: Path) -> list[ValidationResult]:

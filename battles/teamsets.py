@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from battles.files import write_atomic
 from battles.protocol import UNKNOWN, iter_events, norm_move, to_id
 from battles.state import BattleState
 from battles.teams import TEAMS_ROOT, TeamError, showdown_version, validate_teams
@@ -357,11 +358,10 @@ def write_set(out: str | Path, kind: str, fmt: str, teams: Sequence[BuiltTeam], 
     for old in folder.glob("*.txt"):  # a set is one build: teams of an older build must not linger
         old.unlink()
     for team in teams:
-        (folder / f"{team.name}.txt").write_text(team.text, encoding="utf-8")
+        write_atomic(folder / f"{team.name}.txt", team.text)
     manifest = {**manifest, "teams": {f"{t.name}.txt": t.source for t in teams}}
     path = folder / "MANIFEST.json"
-    path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")  # written last
 
 
 def build(kind: str, fmt: str, *, replays: Sequence[str | Path] | None = None,

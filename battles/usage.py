@@ -1,6 +1,9 @@
-"""Usage statistics and Pokémon sets: parsing Smogon stats, completing revealed sets,
-sampling sets, and writing Showdown export text. Used by the team set builders
-(battles/teamsets.py)."""
+"""Usage statistics and Pokémon sets: the one reader of Smogon usage stats (load_stats,
+bundled_stats), completing revealed sets, sampling sets, and writing Showdown export text.
+
+The stats serve the team set builders (battles/teamsets.py), the own-team guesses of views
+rebuilt from logs (battles/log_views.py) and the search bot's sampled opponents
+(agents/search_spec.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,14 @@ import math
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from poke_env.data import GenData
 
-from battles.protocol import is_status_move, to_id
+from battles.protocol import is_status_move, species_entry, to_id
 from battles.server import showdown_dir
 from battles.teams import TeamError, validate_teams
 
@@ -52,6 +56,7 @@ class SpeciesUsage:
     spreads: dict[str, float]  # "Nature:hp/atk/def/spa/spd/spe"
     tera: dict[str, float]
     teammates: dict[str, float]
+    name: str = ""  # the species' display name, as the stats write it
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,12 @@ class UsageTable:
     format: str
     source: Path
     species: dict[str, SpeciesUsage]
+
+    def ranked(self, species: str, kind: str) -> tuple[str, ...]:
+        """Ids of one field ('moves', 'items', 'abilities', 'tera') of a species (or of its
+        base species), most used first; () when the stats do not list it."""
+        u = self.species.get(species) or self.species.get(species_entry(9, species)[0])
+        return tuple(k for k, _ in _ranked(getattr(u, kind), [])) if u is not None else ()
 
 
 FIELDS = ("moves", "items", "abilities", "spreads", "tera", "teammates")
@@ -81,7 +92,7 @@ def _weights(named: dict[str, float]) -> dict[str, float]:
 def _from_json(data: dict) -> dict[str, dict]:
     # pkmn/smogon stats JSON: {"pokemon": {"Tauros": {"usage": {"weighted": ..}, "moves": {..}}}}
     src = {"tera": "teraTypes"}
-    return {to_id(name): {"usage": float(e.get("usage", {}).get("weighted", 0.0)),
+    return {to_id(name): {"name": name, "usage": float(e.get("usage", {}).get("weighted", 0.0)),
                           **{f: e.get(src.get(f, f), {}) for f in FIELDS}}
             for name, e in data.get("pokemon", {}).items()}
 
@@ -102,7 +113,7 @@ def _from_moveset_text(text: str) -> dict[str, dict]:
         nxt = boxes[k + 1][0] if k + 1 < len(boxes) else ""
         if len(rows) == 1 and rows[0] not in _SECTIONS and nxt.startswith("Raw count"):
             head = dict(r.split(": ", 1) for r in boxes[k + 1] if ": " in r)
-            current = {"usage": float(head["Raw count"]) * float(head.get("Avg. weight", 1.0))}
+            current = {"name": rows[0], "usage": float(head["Raw count"]) * float(head.get("Avg. weight", 1.0))}
             out[to_id(rows[0])] = current
         elif current is not None and rows[0] in _SECTIONS:
             pairs = [row.rpartition(" ") for row in rows[1:]]
@@ -128,9 +139,15 @@ def load_stats(fmt: str, path: str | Path | None = None) -> UsageTable:
         raise TeamError(f"cannot read usage statistics {path}: {err}") from None
     if not raw:
         raise TeamError(f"usage statistics {path} hold no Pokémon")
-    species = {sid: SpeciesUsage(e["usage"], *(_weights(e.get(f, {})) for f in FIELDS))
+    species = {sid: SpeciesUsage(e["usage"], *(_weights(e.get(f, {})) for f in FIELDS), name=e["name"])
                for sid, e in raw.items()}
     return UsageTable(fmt, path, species)
+
+
+@cache
+def bundled_stats(fmt: str) -> UsageTable | None:
+    """The bundled usage statistics of a format (read once), or None when there are none."""
+    return load_stats(fmt) if to_id(fmt) in STATS_FILES else None
 
 
 # -- sets, names and export text ----------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.search import SimWorker  # noqa: E402
+from agents.search_workers import SimWorker  # noqa: E402
 from battles.teams import load_team_set  # noqa: E402
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from battles.files import write_atomic
+from battles.protocol import to_id
 from battles.replays import (
     Limits,
     Skip,
@@ -54,11 +55,6 @@ _USER_LINES = {"c", "chat", "j", "J", "join", "l", "L", "leave", "n", "N", "name
 _TEXT_LINES = {"c", "chat", "c:", "inactive", "inactiveoff", "-message", "message", "raw", "html",
                "uhtml", "uhtmlchange", "bigerror", "error", "title", "chatmsg", "chatmsg-raw",
                "debug", "-hint", "notify"}
-
-
-def to_id(text: str) -> str:
-    """Showdown's id form of a name: lower case letters and digits only."""
-    return re.sub(r"[^a-z0-9]", "", str(text).lower())
 
 
 def _split_rank(user: str) -> tuple[str, str]:
@@ -191,16 +187,7 @@ def normalise(raw: object, origin: str = "") -> dict:
 
 def write_replay(out: Path, replay: dict) -> Path:
     """Write OUT/<formatid>/<id>.json atomically (temporary name, then rename)."""
-    folder = out / replay["formatid"]
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{replay['id']}.json"
-    tmp = folder / f".{replay['id']}.json.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(replay, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return write_atomic(out / replay["formatid"] / f"{replay['id']}.json", json.dumps(replay, ensure_ascii=False))
 
 
 def ids_on_disk(out: Path, formatid: str | None = None) -> set[tuple[str, str]]:

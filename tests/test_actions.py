@@ -10,8 +10,10 @@ from poke_env.player.battle_order import DefaultBattleOrder
 
 from battles import actions
 from battles.actions import LogHints, find_decisions, infer_legal
+from battles.live import index_to_order, order_to_index, view_from_battle
 from battles.protocol import UNKNOWN, iter_events
-from battles.view import BattleView, PokemonView, SideView, view_from_battle
+from battles.view import BattleView, PokemonView, SideView
+from tests.conftest import log_header
 
 
 def mon(name, species, *, active=False, moves=("a", "b", "c", "d"), status="", tera="fire", item="leftovers"):
@@ -181,13 +183,7 @@ REQUEST = {
     ]},
     "rqid": 7,
 }
-LIVE = """|init|battle
-|player|p1|A|1|
-|player|p2|B|2|
-|teamsize|p1|3
-|teamsize|p2|3
-|gen|9
-|rule|HP Percentage Mod: HP is shown in percentages
+LIVE = "|init|battle\n" + log_header(9, team_size=3, names=("A", "B")) + """
 |start
 |switch|p1a: Tusk|Great Tusk|300/397
 |switch|p2a: Glim|Glimmora, F|100/100
@@ -210,12 +206,12 @@ def test_live_view_mask_and_orders_round_trip():
     assert v.legal == (False, True, True, True, True, False, False, False, False, False, True, True, True)
     assert v.own.pokemon[0].hp == 0.76 and v.own.pokemon[2].status == "fnt"
     for index in range(actions.N_ACTIONS):
-        order = actions.index_to_order(index, battle, Player)
+        order = index_to_order(index, battle, Player)
         if v.legal[index]:
-            assert actions.order_to_index(order, battle) == index
+            assert order_to_index(order, battle) == index
         else:  # never illegal: an illegal index falls back to the first legal action
-            assert actions.order_to_index(order, battle) == 1
-    assert actions.order_to_index(DefaultBattleOrder(), battle) == -1
+            assert order_to_index(order, battle) == 1
+    assert order_to_index(DefaultBattleOrder(), battle) == -1
 
 
 def test_live_view_of_a_forced_recharge():
@@ -224,5 +220,5 @@ def test_live_view_of_a_forced_recharge():
     battle.parse_request(request)
     v = view_from_battle(battle)
     assert v.legal == (False,) * 13
-    assert isinstance(actions.index_to_order(3, battle, Player), DefaultBattleOrder)
+    assert isinstance(index_to_order(3, battle, Player), DefaultBattleOrder)
     assert UNKNOWN not in v.own.pokemon[0].moves

@@ -24,8 +24,8 @@ from battles.encode import (
     encode,
     legal_mask,
 )
+from battles.log_views import views_from_log
 from battles.protocol import UNKNOWN
-from battles.view import views_from_log
 from tests.test_view import GEN1
 
 

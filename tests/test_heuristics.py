@@ -12,16 +12,10 @@ from poke_env.battle import Battle, PokemonType
 from poke_env.data import GenData
 from poke_env.player import SingleBattleOrder
 
-from agents.heuristics import (
-    DamagePlayer,
-    TacticianPlayer,
-    damage,
-    effectiveness,
-    estimate_stat,
-    fighter,
-    move_facts,
-)
+from agents.damage import damage, effectiveness, fighter, move_facts
+from agents.heuristics import DamagePlayer, TacticianPlayer
 from agents.registry import make_player
+from battles.matchup import estimate_stat
 
 
 def mon(species: str, level: int, moves: list[str], *, gen: int = 1, hp: float = 1.0,

@@ -24,8 +24,9 @@ from poke_env.player import MaxBasePowerPlayer, SimpleHeuristicsPlayer
 
 from battles import actions
 from battles.encode import encode
+from battles.live import order_to_index, view_from_battle
+from battles.log_views import decisions_from_log
 from battles.server import ShowdownServer
-from battles.view import decisions_from_log, view_from_battle
 
 pytestmark = pytest.mark.server
 
@@ -45,7 +46,7 @@ class _Recorder:
         order = super().choose_move(battle)
         view = view_from_battle(battle)
         tokens, numbers = encode(view)
-        index = actions.order_to_index(order, battle, view)
+        index = order_to_index(order, battle, view)
         rqid = battle.last_request.get("rqid", len(self.records.get(battle.battle_tag, {})))
         self.records.setdefault(battle.battle_tag, {})[rqid] = {
             "view": view, "tokens": tokens, "numbers": numbers, "index": index, "message": order.message,

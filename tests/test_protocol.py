@@ -15,16 +15,14 @@ from battles.protocol import (
     to_id,
 )
 from battles.state import HANDLERS, BattleState
+from tests.conftest import log_header
 
-HEADER = """|gametype|singles
-|player|p1|Alice|1|
-|player|p2|Bob|2|
-|teamsize|p1|6
-|teamsize|p2|6
-|gen|9
-|tier|[Gen 9] OU
-|rule|HP Percentage Mod: HP is shown in percentages
-|start"""
+HEADER = "|gametype|singles\n" + log_header(9, tier="[Gen 9] OU") + "\n|start"
+
+
+def opening(p1: str, p2: str) -> str:
+    """HEADER, then each side's first Pokémon ('Nick|Species') switching in at full HP, and turn 1."""
+    return HEADER + f"\n|switch|p1a: {p1}|100/100\n|switch|p2a: {p2}|100/100\n|turn|1"
 
 
 def run(text: str) -> BattleState:
@@ -114,10 +112,7 @@ def test_switch_damage_status_boosts_and_field():
 
 
 def test_rest_sleep_is_remembered_across_switches():
-    state = run(HEADER + """
-|switch|p1a: Lax|Snorlax|100/100
-|switch|p2a: Gar|Gengar|100/100
-|turn|1
+    state = run(opening("Lax|Snorlax", "Gar|Gengar") + """
 |move|p1a: Lax|Rest|p1a: Lax
 |-status|p1a: Lax|slp|[from] move: Rest
 |turn|2
@@ -132,10 +127,7 @@ def test_rest_sleep_is_remembered_across_switches():
 
 
 def test_switching_out_clears_boosts_but_baton_pass_carries_them():
-    state = run(HEADER + """
-|switch|p1a: A|Zapdos|100/100
-|switch|p2a: B|Ting-Lu|100/100
-|turn|1
+    state = run(opening("A|Zapdos", "B|Ting-Lu") + """
 |
 |move|p1a: A|Nasty Plot|p1a: A
 |-boost|p1a: A|spa|2
@@ -148,10 +140,7 @@ def test_switching_out_clears_boosts_but_baton_pass_carries_them():
 |switch|p1a: A|Zapdos|100/100""")
     side = state.sides["p1"]
     assert side.mons["C"].boosts["spa"] == 0 and side.mons["A"].boosts["spa"] == 0
-    state = run(HEADER + """
-|switch|p1a: A|Zapdos|100/100
-|switch|p2a: B|Ting-Lu|100/100
-|turn|1
+    state = run(opening("A|Zapdos", "B|Ting-Lu") + """
 |
 |move|p1a: A|Nasty Plot|p1a: A
 |-boost|p1a: A|spa|2
@@ -196,10 +185,7 @@ def test_items_abilities_and_tricks():
 
 
 def test_an_absorbing_ability_belongs_to_the_healed_pokemon_a_damaging_one_to_of():
-    state = run(HEADER + """
-|switch|p1a: V|Vaporeon|100/100
-|switch|p2a: M|Alomomola|100/100
-|turn|1
+    state = run(opening("V|Vaporeon", "M|Alomomola") + """
 |
 |move|p2a: M|Scald|p1a: V
 |-heal|p1a: V|100/100|[from] ability: Water Absorb|[of] p2a: M
@@ -212,10 +198,7 @@ def test_an_absorbing_ability_belongs_to_the_healed_pokemon_a_damaging_one_to_of
 
 
 def test_moves_called_by_other_moves_are_not_revealed():
-    state = run(HEADER + """
-|switch|p1a: A|Clefable|100/100
-|switch|p2a: B|Oricorio|100/100
-|turn|1
+    state = run(opening("A|Clefable", "B|Oricorio") + """
 |
 |move|p1a: A|Metronome|p1a: A
 |move|p1a: A|Flamethrower|p2a: B|[from] move: Metronome
@@ -243,10 +226,7 @@ def test_transform_uses_the_targets_moves_and_pressure_costs_two_pp():
 
 
 def test_terastallize_faint_and_illusion():
-    state = run(HEADER + """
-|switch|p1a: A|Roaring Moon|100/100
-|switch|p2a: B|Kingambit|100/100
-|turn|1
+    state = run(opening("A|Roaring Moon", "B|Kingambit") + """
 |
 |-terastallize|p1a: A|Flying
 |-replace|p1a: Zoro|Zoroark-Hisui, F
@@ -267,10 +247,7 @@ def test_unknown_defaults_and_errors_are_kept():
 
 
 def test_an_interrupted_charge_is_not_a_forced_second_turn():
-    state = run(HEADER + """
-|switch|p1a: A|Dragapult|100/100
-|switch|p2a: B|Zapdos|100/100
-|turn|1
+    state = run(opening("A|Dragapult", "B|Zapdos") + """
 |
 |move|p1a: A|Phantom Force||[still]
 |-prepare|p1a: A|Phantom Force

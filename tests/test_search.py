@@ -14,20 +14,14 @@ from poke_env import AccountConfiguration
 from poke_env.battle import Battle
 
 from agents.registry import make_player, parse_spec
-from agents.search import (
-    SearchPlayer,
-    SimWorker,
-    WorkerError,
-    WorkerPool,
-    battle_spec,
-    opponent_side,
-    root_orders,
-    set_stats,
-)
+from agents.search import SearchPlayer, root_orders
+from agents.search_spec import battle_spec, opponent_side
 from agents.search_value import side_features
+from agents.search_workers import SimWorker, WorkerError, WorkerPool
+from battles.live import live_state
 from battles.protocol import public_hp
 from battles.teams import load_team_set
-from battles.view import live_state
+from battles.usage import bundled_stats
 
 
 def request_mon(name: str, moves: list[str], *, active=False, hp="300/300", stats=None) -> dict:
@@ -109,11 +103,13 @@ def test_sampled_gen9_sets_keep_items_abilities_tera_and_preview():
 
 
 def test_stats_have_weights_for_both_formats():
-    gen1, gen9 = set_stats("gen1ou"), set_stats("gen9ou")
-    assert gen1["tauros"]["moves"]["bodyslam"] > 0.9 and gen1["tauros"]["teammates"]["snorlax"] > 0
-    assert gen9["greattusk"]["items"]["heavydutyboots"] == pytest.approx(0.33643)
-    assert any(":" in s for s in gen9["greattusk"]["spreads"])
-    assert set_stats("gen3ou") == {}
+    gen1, gen9 = bundled_stats("gen1ou"), bundled_stats("gen9ou")
+    tauros = gen1.species["tauros"]
+    assert tauros.name == "Tauros" and tauros.moves["bodyslam"] > 0.9 and tauros.teammates["snorlax"] > 0
+    assert gen9.species["greattusk"].items["heavydutyboots"] == pytest.approx(0.33643)
+    assert any(":" in s for s in gen9.species["greattusk"].spreads)
+    assert "checksandcounters" not in gen9.species  # a report section, not a species
+    assert bundled_stats("gen3ou") is None
 
 
 def test_spec_params_are_checked():

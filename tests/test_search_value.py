@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.search import SimWorker
 from agents.search_value import COLUMNS, FEATURES, fit_weights, load_weights, positions, value
+from agents.search_workers import SimWorker
 from battles.teams import load_team_set
 from eval.match import Match
 

@@ -8,15 +8,12 @@ from pathlib import Path
 import pytest
 
 from battles import actions
+from battles.log_views import decisions_from_log, views_from_log
 from battles.protocol import UNKNOWN, iter_events
 from battles.state import BattleState
-from battles.view import (
-    _public_mon,
-    decisions_from_log,
-    load_usage_stats,
-    public_mon,
-    views_from_log,
-)
+from battles.usage import bundled_stats
+from battles.view import _public_mon, public_mon
+from tests.conftest import log_header
 
 REPLAYS = sorted(Path("/work/shared/data/replays").glob("*/*.json"))
 if not REPLAYS:  # the copy bundled with the package
@@ -67,13 +64,7 @@ def test_shared_replays_have_visible_actions():
     assert total > 500 and shown / total > 0.8
 
 
-GEN1 = """|player|p1|A|1|
-|player|p2|B|2|
-|teamsize|p1|6
-|teamsize|p2|6
-|gen|1
-|tier|[Gen 1] OU
-|rule|HP Percentage Mod: HP is shown in percentages
+GEN1 = log_header(1, tier="[Gen 1] OU", names=("A", "B")) + """
 |
 |start
 |switch|p1a: Tauros|Tauros|100/100
@@ -120,7 +111,7 @@ def test_own_team_is_backfilled_and_the_opponent_only_revealed_so_far():
     assert chansey.moves == (UNKNOWN,) * 4  # Ice Beam is only shown later in turn 1
     assert decisions[2].view.opp.pokemon[0].moves[:2] == ("icebeam", "thunderwave")
     assert decisions[0].action == actions.move_index(first, "bodyslam")
-    assert decisions[1].visible == "switch:Starmie" and decisions[1].view.bench[0].name == "Starmie"
+    assert decisions[1].visible == "switch:Starmie" and actions.bench_names(decisions[1].view)[0] == "Starmie"
     assert first.own.pokemon[0].item == "" and first.own.pokemon[0].tera_type == ""  # gen 1
 
 
@@ -220,8 +211,8 @@ def test_bad_input_is_named():
 
 
 def test_usage_stats_are_bundled_for_gen1ou_and_gen9ou():
-    gen1, gen9 = load_usage_stats("gen1ou"), load_usage_stats("gen9ou")
+    gen1, gen9 = bundled_stats("gen1ou"), bundled_stats("gen9ou")
     assert gen1.ranked("tauros", "moves")[:2] == ("bodyslam", "hyperbeam")
     assert gen9.ranked("greattusk", "abilities") == ("protosynthesis",)
     assert gen9.ranked("greattusk", "tera")[0] == "ice"
-    assert load_usage_stats("gen3ou") is None
+    assert bundled_stats("gen3ou") is None
