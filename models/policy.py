@@ -20,6 +20,7 @@ forward pass over any suffix that starts at or before that point gives the same 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -251,40 +252,43 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------- cache
 
 
-class BattleCache:
-    """One battle's keys and values for incremental inference (see `step_batch`).
+class CachePool:
+    """Keys and values of many battles in one tensor, so a batched step reads them at once.
 
-    Keys are stored already rotated at their absolute positions, in a ring buffer of at
-    most `max_context` slots that grows by doubling, so a short battle holds little memory.
+    Each battle holds one row of `max_context` slots (a ring buffer: keys are stored already
+    rotated at their absolute positions); the pool doubles its rows when all are taken.
     """
 
-    def __init__(self, cfg: PolicyConfig, device, dtype, capacity: int = 16):
-        self.n_layers, self.n_heads, self.head_dim = cfg.n_layers, cfg.n_heads, cfg.head_dim
-        self.window = cfg.max_context
-        cap = min(capacity, self.window)
-        shape = (cfg.n_layers, cfg.n_heads, cap, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, H, cap, hd)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, H, cap, hd)
+    def __init__(self, cfg: PolicyConfig, device, dtype):
+        self.shape = (cfg.n_layers, cfg.n_heads, cfg.max_context, cfg.head_dim)
+        L, H, W, hd = self.shape
+        self.k = torch.zeros((L, 0, H, W, hd), device=device, dtype=dtype)  # (L, rows, H, W, hd)
+        self.v = torch.zeros((L, 0, H, W, hd), device=device, dtype=dtype)  # (L, rows, H, W, hd)
+        self.free: list[int] = []  # mutated in place: released caches append to it
+
+    def take(self) -> int:
+        """A free row (slots need no clearing: a step reads only the slots its battle wrote)."""
+        if not self.free:
+            n = self.k.shape[1]
+            L, H, W, hd = self.shape
+            more = self.k.new_zeros((L, max(n, 8), H, W, hd))
+            self.k, self.v = torch.cat([self.k, more], 1), torch.cat([self.v, more], 1)
+            self.free.extend(range(self.k.shape[1] - 1, n - 1, -1))
+        return self.free.pop()
+
+
+class BattleCache:
+    """One battle's keys and values for incremental inference (see `step_batch`): a row of
+    its pool, given back when the cache is garbage-collected."""
+
+    def __init__(self, pool: CachePool):
+        self.pool = pool
+        self.row = pool.take()
         self.n_seen = 0  # decisions stepped so far = the next decision's position
+        weakref.finalize(self, pool.free.append, self.row)
 
     def __len__(self) -> int:
         return self.n_seen
-
-    @property
-    def n_visible(self) -> int:
-        """Stored decisions the next step attends to (besides itself)."""
-        return min(self.n_seen, self.window - 1)
-
-    def _reserve(self) -> int:
-        """Make room for the next decision and return its slot."""
-        cap = self.k.shape[2]
-        if self.n_seen >= cap and cap < self.window:
-            # Still filling in order (n_seen < window), so the old slots are a prefix.
-            new_cap = min(2 * cap, self.window)
-            pad = (0, 0, 0, new_cap - cap)  # pad dim 2 (slots) at the end
-            self.k = F.pad(self.k, pad)
-            self.v = F.pad(self.v, pad)
-        return self.n_seen % self.window
 
 
 # ---------------------------------------------------------------------------- model
@@ -428,7 +432,11 @@ class PolicyTransformer(nn.Module):
     def init_cache(self, device=None, dtype=None) -> BattleCache:
         """An empty cache for one new battle (device and dtype default to the model's)."""
         p = self.policy_head.weight
-        return BattleCache(self.cfg, device or p.device, dtype or p.dtype)
+        key = (torch.device(device or p.device), dtype or p.dtype)
+        pools = self.__dict__.setdefault("_cache_pools", {})  # not a submodule: never saved
+        if key not in pools:
+            pools[key] = CachePool(self.cfg, *key)
+        return BattleCache(pools[key])
 
     @torch.inference_mode()  # also lets caches made inside inference_mode be stepped
     def step_batch(self, tokens, numbers, legal, caches: list[BattleCache]):
@@ -447,16 +455,28 @@ class PolicyTransformer(nn.Module):
         if len({id(c) for c in caches}) != B:
             raise ValueError("the same BattleCache appears twice; step one decision per battle")
         cfg = self.cfg
-        shape = (cfg.n_layers, cfg.n_heads, cfg.head_dim, cfg.max_context)
-        if any((c.n_layers, c.n_heads, c.head_dim, c.window) != shape for c in caches):
+        shape = (cfg.n_layers, cfg.n_heads, cfg.max_context, cfg.head_dim)
+        if any(c.pool.shape != shape for c in caches):
             raise ValueError("a BattleCache from a different model; use this model's init_cache()")
+        pool = caches[0].pool
+        if any(c.pool is not pool for c in caches):
+            raise ValueError("caches of one step must share a device and dtype (one init_cache() setting)")
 
-        slots = [c._reserve() for c in caches]
+        W = cfg.max_context
+        seen = [c.n_seen for c in caches]
+        dev = pool.k.device
+        rows = torch.tensor([c.row for c in caches], device=dev)
+        slots = torch.tensor([n % W for n in seen], device=dev)
         # Keys each row attends to, itself included: a prefix of its slots until the ring
         # wraps, then all of them (the order of keys does not matter to attention).
-        n_valid = [c.n_visible + 1 for c in caches]
+        n_valid = [min(n + 1, W) for n in seen]
+        n_max = max(n_valid)
+        mask = None  # every row sees all n_max keys: no mask, SDPA's plain path
+        if min(n_valid) < n_max:
+            mask = torch.arange(n_max, device=dev) < torch.tensor(n_valid, device=dev)[:, None]  # (B, n)
+            mask = mask[:, None, None]  # (B, 1, 1, n)
 
-        pos = torch.tensor([c.n_seen for c in caches], device=tokens.device)
+        pos = torch.tensor(seen, device=tokens.device)
         ang = _rotary_angles(pos, cfg.head_dim, cfg.rope_base)  # (B, hd/2)
         cos, sin = ang.cos()[:, None, None], ang.sin()[:, None, None]  # (B, 1, 1, hd/2)
 
@@ -464,16 +484,12 @@ class PolicyTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
 
             def cached_attention(q, k, v, layer=layer):
-                # One small SDPA per battle over views of its own cache: stacking the
-                # caches into a padded batch would copy every key and value each step.
-                ys = []
-                for i, c in enumerate(caches):
-                    c.k[layer, :, slots[i]] = k[i, :, 0]
-                    c.v[layer, :, slots[i]] = v[i, :, 0]
-                    k_i = c.k[layer, None, :, : n_valid[i]].to(q.dtype)  # (1, H, n_i, hd)
-                    v_i = c.v[layer, None, :, : n_valid[i]].to(q.dtype)  # (1, H, n_i, hd)
-                    ys.append(F.scaled_dot_product_attention(q[i : i + 1], k_i, v_i))
-                return torch.cat(ys)  # (B, H, 1, hd)
+                k_l, v_l = pool.k[layer], pool.v[layer]  # (rows, H, W, hd)
+                k_l[rows, :, slots] = k[:, :, 0].to(k_l.dtype)  # (B, H, hd) into each row's slot
+                v_l[rows, :, slots] = v[:, :, 0].to(v_l.dtype)
+                keys = k_l[rows, :, :n_max].to(q.dtype)  # (B, H, n, hd)
+                values = v_l[rows, :, :n_max].to(q.dtype)  # (B, H, n, hd)
+                return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, 1, hd)
 
             x = block.step(x, cos, sin, cached_attention)  # (B, 1, C)
         for c in caches:

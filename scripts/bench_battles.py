@@ -1,15 +1,21 @@
 """Battles/s, turns/s and CPU per turn: the simulator alone, the `sim` path and the `server` path.
 
     python scripts/bench_battles.py [--n 200] [--formats gen1ou gen9ou] \
-        [--pairs random:random heuristic:maxbp policy:maxbp] [--paths ceiling sim server]
+        [--pairs random:random heuristic:maxbp policy:maxbp] [--paths ceiling sim server workers] \
+        [--workers 1 2] [--worker-pairs heuristic:maxbp policy:maxbp]
 
-All rows in one run, at the same concurrency, each after a warm-up of its format; the paths
-of one pair run back to back (a shared machine's other load then weighs on both alike):
+All rows in one run, at the same concurrency, each after a warm-up of its format; the sim and
+server rows of one pair take turns in --rounds rounds (a shared machine's changing load then
+weighs on both alike):
 - `ceiling`: Node alone, the simulator with the package's own random players (no Python);
 - `sim`: poke-env players on the simulator host over pipes (eval/runner.py), recording each
   battle as a match does;
 - `server`: the same players on the real local server over websockets (eval/match.py);
-- `workers` (ask for it): a `sim` match over --workers processes, each with its own host.
+- `workers`: a `sim` match (eval/match.py) at each --workers count (1 plays in this process,
+  more in worker processes, each with its own host), for --worker-pairs; then the arithmetic
+  for bigger machines from the measured CPU per battle.
+Every agent is built once before the first row, so no row pays Python's one-time imports
+(torch) or a cold checkpoint read; each row still builds its own players.
 CPU is what this process and the Node processes it runs used (not the whole machine, which
 others may share), in ms per turn played. `policy` means the bundled checkpoint, sampled.
 Targets (DESIGN, issue 20): sim >= 3x server battles/s for heuristic and policy vs maxbp in
@@ -27,8 +33,9 @@ import time
 from pathlib import Path
 
 import psutil
+from poke_env.ps_client.server_configuration import LocalhostServerConfiguration
 
-from agents.registry import BUNDLED_DIR, DEFAULT_BUNDLED
+from agents.registry import BUNDLED_DIR, DEFAULT_BUNDLED, make_player
 from battles.logs import BattleLogWriter, BattleRecord
 from battles.server import ShowdownServer
 from battles.sim import SimHost
@@ -63,13 +70,15 @@ async def _ceiling(args, fmt: str, packed: list[str]) -> dict:
         await host.close()
 
 
-async def _sim(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
-    """One `sim` row: a warmed-up host, then the players as a match plays them (records included)."""
+async def _sim(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str], n: int, seed: int) -> tuple:
+    """One round of a `sim` row: a warmed-up host, then the players as a match plays them
+    (records included); (battles, turns, wall s, CPU s, errors)."""
     teams = load_team_set("competitive", fmt)
     host = await SimHost().start()
     try:
-        await host.bench(fmt, args.warmup, args.concurrency, [t.packed for t in teams.sampler(0).draw(64)])
-        writer = BattleLogWriter(out / "sim", prefix=f"{fmt}-{p1}-{p2}", battles_per_shard=10**9)
+        await host.bench(fmt, max(1, args.warmup // args.rounds), args.concurrency,
+                         [t.packed for t in teams.sampler(0).draw(64)])
+        writer = BattleLogWriter(out / "sim", prefix=f"{fmt}-{p1}-{p2}-{seed}", battles_per_shard=10**9)
         turns = 0
 
         def on_record(data: dict) -> None:
@@ -80,40 +89,52 @@ async def _sim(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str
 
         # Timed from the players' construction, as the server row's Match is.
         c0, p0, t0 = host.cpu_seconds(), own_cpu(), time.monotonic()
-        runner = SimRunner(specs[p1], specs[p2], battle_format=fmt, on_record=on_record, host=host,
-                           teams=(teams.sampler(1), teams.sampler(2)), concurrency=args.concurrency)
-        stats = await runner.play(args.n)
+        runner = SimRunner(specs[p1], specs[p2], battle_format=fmt, on_record=on_record, host=host, seed=seed,
+                           teams=(teams.sampler(1 + 2 * seed), teams.sampler(2 + 2 * seed)),
+                           concurrency=args.concurrency)
+        stats = await runner.play(n)
         writer.flush()
         wall = time.monotonic() - t0
         cpu = host.cpu_seconds() - c0 + own_cpu() - p0
-        return row("sim", fmt, f"{p1} vs {p2}", stats.battles, turns, wall, cpu, stats.errors)
+        return stats.battles, turns, wall, cpu, stats.errors
     finally:
         await host.close()
 
 
-def _server(args, out: Path, server: ShowdownServer, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
+def _server(args, out: Path, server: ShowdownServer, fmt: str, p1: str, p2: str, specs: dict[str, str], n: int,
+            seed: int) -> tuple:
+    """One round of a `server` row: (battles, turns, wall s, CPU s, errors)."""
     c0, p0, t0 = server.cpu_seconds(), own_cpu(), time.monotonic()
-    result = Match(specs[p1], specs[p2], battle_format=fmt, team_set="competitive", n=args.n,
-                   out_dir=out / "server", concurrency=args.concurrency, server=server, progress=False).run()
+    result = Match(specs[p1], specs[p2], battle_format=fmt, team_set="competitive", n=n, seed=seed,
+                   out_dir=out / f"server-{fmt}-{p1}-{p2}-{seed}", concurrency=args.concurrency, server=server,
+                   progress=False).run()
     wall = time.monotonic() - t0
     cpu = server.cpu_seconds() - c0 + own_cpu() - p0
-    return row("server", fmt, f"{p1} vs {p2}", result.battles, sum(result.turns), wall, cpu, result.errors)
+    return result.battles, sum(result.turns), wall, cpu, result.errors
 
 
-def _workers(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str]) -> dict:
-    """A `sim` match over worker processes (their start-up included); CPU of the reaped workers."""
+def _workers(args, out: Path, fmt: str, p1: str, p2: str, specs: dict[str, str], workers: int) -> dict:
+    """A `sim` match over `workers` processes (their start-up included); CPU of this process and
+    of the reaped hosts and workers."""
     def children() -> float:
         t = psutil.Process().cpu_times()
         return t.children_user + t.children_system
 
     c0, p0, t0 = children(), own_cpu(), time.monotonic()
     result = Match(specs[p1], specs[p2], battle_format=fmt, team_set="competitive", n=args.n,
-                   out_dir=out / f"workers-{fmt}-{p1}-{p2}", concurrency=args.concurrency, workers=args.workers,
-                   progress=False).run()
+                   out_dir=out / f"workers{workers}-{fmt}-{p1}-{p2}", concurrency=args.concurrency,
+                   workers=workers, progress=False).run()
     wall = time.monotonic() - t0
     cpu = children() - c0 + own_cpu() - p0
-    return row(f"sim x{args.workers}", fmt, f"{p1} vs {p2}", result.battles, sum(result.turns), wall, cpu,
+    return row(f"sim x{workers}", fmt, f"{p1} vs {p2}", result.battles, sum(result.turns), wall, cpu,
                result.errors)
+
+
+def _warm(fmt: str, specs: list[str]) -> None:
+    """Build each agent once: later rows then pay no one-time import or cold checkpoint read."""
+    for spec in specs:
+        make_player(spec, battle_format=fmt, server_configuration=LocalhostServerConfiguration,
+                    start_listening=False)
 
 
 def bench(args, out: Path, specs: dict[str, str]) -> list[dict]:
@@ -126,6 +147,7 @@ def bench(args, out: Path, specs: dict[str, str]) -> list[dict]:
 
     with ShowdownServer() as server:
         for fmt in args.formats:
+            _warm(fmt, sorted({specs[p] for pair in args.pairs + args.worker_pairs for p in pair.split(":")}))
             packed = [t.packed for t in load_team_set("competitive", fmt).sampler(0).draw(64)]
             if "ceiling" in args.paths:
                 add(asyncio.run(_ceiling(args, fmt, packed)))
@@ -134,12 +156,19 @@ def bench(args, out: Path, specs: dict[str, str]) -> list[dict]:
                       out_dir=out / "warm", concurrency=args.concurrency, server=server, progress=False).run()
             for pair in args.pairs:
                 p1, p2 = pair.split(":")
-                if "sim" in args.paths:
-                    add(asyncio.run(_sim(args, out, fmt, p1, p2, specs)))
-                if "server" in args.paths:
-                    add(_server(args, out, server, fmt, p1, p2, specs))
-                if "workers" in args.paths:
-                    add(_workers(args, out, fmt, p1, p2, specs))
+                # The paths take turns, a round each, so the machine's changing load weighs on both alike.
+                totals = {path: [0, 0, 0.0, 0.0, 0] for path in ("sim", "server") if path in args.paths}
+                for r in range(args.rounds):
+                    n = args.n // args.rounds + (r < args.n % args.rounds)
+                    for path, total in totals.items():
+                        got = asyncio.run(_sim(args, out, fmt, p1, p2, specs, n, r)) if path == "sim" else \
+                            _server(args, out, server, fmt, p1, p2, specs, n, r)
+                        total[:] = [a + b for a, b in zip(total, got)]
+                for path, (battles, turns, wall, cpu, errors) in totals.items():
+                    add(row(path, fmt, f"{p1} vs {p2}", battles, turns, wall, cpu, errors))
+                if "workers" in args.paths and pair in args.worker_pairs:
+                    for workers in args.workers:
+                        add(_workers(args, out, fmt, p1, p2, specs, workers))
     return rows
 
 
@@ -170,15 +199,37 @@ def ratios(rows: list[dict]) -> list[str]:
     return lines
 
 
+def scale_out(rows: list[dict], cores: tuple[int, ...] = (16, 64)) -> list[str]:
+    """Workers: measured battles/s at each count, and what N cores would give from the measured
+    CPU (Python + Node) per battle: one worker per core, each busy all the time, nothing shared.
+    The `sim` row gives the steady state; a `sim xK` row includes its processes' start-up."""
+    lines = []
+    for r in rows:
+        if r["path"] != "sim" and not r["path"].startswith("sim x"):
+            continue
+        if r["path"] == "sim" and not any(w["path"].startswith("sim x") and w["format"] == r["format"]
+                                          and w["pair"] == r["pair"] for w in rows):
+            continue
+        cpu_battle = r["cpu_ms_per_turn"] * r["mean_turns"]  # ms
+        guess = ", ".join(f"{n} cores ~{n * 1000 / cpu_battle:.0f}" for n in cores)
+        lines.append(f"{r['format']} {r['pair']} {r['path']:6}: {r['battles_per_s']} battles/s measured, "
+                     f"{cpu_battle:.0f} CPU ms per battle -> battles/s at {guess}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="battles per row")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--formats", nargs="+", default=["gen1ou", "gen9ou"])
     parser.add_argument("--pairs", nargs="+", default=["random:random", "heuristic:maxbp", "policy:maxbp"])
-    parser.add_argument("--paths", nargs="+", default=["ceiling", "sim", "server"], choices=["ceiling", "sim", "server", "workers"])
-    parser.add_argument("--workers", type=int, default=2, help="processes for the `workers` path")
-    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--paths", nargs="+", default=["ceiling", "sim", "server", "workers"],
+                        choices=["ceiling", "sim", "server", "workers"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts for `workers`")
+    parser.add_argument("--worker-pairs", nargs="+", default=["heuristic:maxbp", "policy:maxbp"],
+                        help="the pairs (of --pairs) that the `workers` path plays")
+    parser.add_argument("--warmup", type=int, default=60, help="battles of Node's own players before a row")
+    parser.add_argument("--rounds", type=int, default=4, help="sim and server rows alternate in this many rounds")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -189,7 +240,7 @@ def main() -> None:
     print(f"{'path':8} {'format':7} {'pair':24} {'battles':>6} {'b/s':>8} {'turns/s':>9} {'cpu ms/t':>9} "
           f"{'turns':>6} {'err':>4}", flush=True)
     rows = bench(args, out, specs)
-    for line in ratios(rows):
+    for line in ratios(rows) + scale_out(rows):
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_cached_steps_equal_full_recomputation_when_window_slides():
         logits_f, value_f = model(*battle)
         torch.testing.assert_close(logits_s, logits_f[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(value_s, value_f[0], rtol=0, atol=1e-5)
-    assert caches[0].k.shape[2] == W  # the ring buffer never grows past the window
+    assert caches[0].pool.k.shape[3] == W  # the ring buffer never grows past the window
 
 
 def test_sliding_window_receptive_field_is_as_documented():
@@ -242,3 +244,18 @@ def test_flops_per_decision():
     )
     assert model.flops_per_decision(training=False) == pytest.approx(model.flops_per_decision() / 3)
     assert model.flops_per_decision(context=256) > model.flops_per_decision(context=128)
+
+
+def test_a_released_cache_row_is_reused_without_its_old_keys():
+    """A finished battle's pool row goes to the next battle, whose outputs ignore what it held."""
+    model = make_model(n_layers=2)
+    old = make_battle(model.cfg, 1, 9, seed=31)
+    stepped, caches = _step_all(model, [old], [0])
+    row = caches[0].row
+    del caches
+    gc.collect()
+    new = make_battle(model.cfg, 1, 5, seed=32)
+    stepped, caches = _step_all(model, [new], [0])
+    assert caches[0].row == row
+    logits_f, _ = model(*new)
+    torch.testing.assert_close(stepped[0][0], logits_f[0], rtol=0, atol=1e-5)

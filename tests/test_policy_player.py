@@ -66,6 +66,32 @@ def test_never_illegal_and_batched(showdown, checkpoint, fmt, n):
 
 
 @pytest.mark.server
+def test_self_play_shares_one_model_and_its_forward_passes(checkpoint):
+    """Both sides of a self-play match on the sim backend: one loaded model, and forward passes
+    that answer both players at once (their requests arrive together)."""
+    from eval.runner import SimRunner
+
+    teams = load_team_set("competitive", "gen1ou")
+    runner = SimRunner(f"policy:{checkpoint}", f"policy:{checkpoint}", battle_format="gen1ou",
+                       on_record=lambda record: None, teams=(teams.sampler(0), teams.sampler(1)), concurrency=3)
+    p1, p2 = runner.players
+    passes = p1._shared.passes  # (earlier tests' players of this checkpoint may share it too)
+
+    async def play():
+        try:
+            return await runner.play(3)
+        finally:
+            await runner.close()
+
+    stats = asyncio.run(play())
+    assert stats.battles == 3 and stats.errors == 0
+    assert p1.model is p2.model and p1._shared is p2._shared
+    assert p1.decisions > 0 and p2.decisions > 0
+    assert p1._shared.passes - passes < p1.batches + p2.batches  # some passes served both sides
+    assert p1._caches == {} and p2._caches == {}
+
+
+@pytest.mark.server
 def test_bundled_model_loads_and_plays_legally(showdown):
     """The shipped model: loads without unpickling, plays real gen1ou battles without an illegal
     choice, and beats random play (it wins about every game; 3 of 4 is a low bar)."""
