@@ -1,7 +1,8 @@
 """`policy:PATH,labels=DIR`: a policy player whose positions a search bot labels as it plays.
 
-The labels' format, their writer and how they join built trajectories are agents/search_labels.py's
-(a leaf module: the search bot and this player both write through it).
+Its labels are recorded with the battle, keyed by room, player, side and decision number
+(agents/search_labels.py's writer, a leaf module that the search bot writes through too); the
+label set's format and its join into trajectories at build time are battles/labels.py's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import numpy as np
 from agents.policy import PolicyPlayer
 from agents.search import SearchPlayer
 from agents.search_labels import MIN_VISITS, LabelWriter
-from battles.actions import order_to_index
-from battles.view import view_from_battle
+from battles.live import order_to_index, view_from_battle
 
 
 def _chosen_index(order, battle) -> int:

@@ -1,7 +1,8 @@
-"""Search labels: the search bot's visit distribution at each decision, written per battle.
+"""Search labels: the search bot's visit distribution at each decision, recorded with the battle.
 
-Two players record labels while they play, one JSON file per battle and side, written
-atomically when the battle ends (a killed run keeps every finished battle's labels):
+Two players record labels while they play, into a label set (battles/labels.py): one labels
+file per battle and side, written atomically when the battle ends (a killed run keeps every
+finished battle's labels), and the set's manifest when the writer starts:
 
 - `policy:PATH,labels=DIR,label_ms=100` (`agents.labelled_policy.SearchLabelledPolicy`): the student plays as
   usual, and a search bot searches every position the student faces; its visit shares
@@ -20,156 +21,83 @@ run with 50 ms labels (a median 41 simulations over up to 9 choices) the child w
 bestdamage, where its parent won 30% and the same run trained without the labels 33%. Such a
 decision gets no label and is counted (`shallow` in the file).
 
-`attach_labels` then writes the labels into built trajectories as teacher probabilities
-(`battles.trajectories.update_teacher`). A label file belongs to a trajectory when the room,
-the side and the number of decisions agree, and so do at least 90% of the actions the log
-shows (gen 1's partial trapping indexes one choice differently live and in the log); a
-decision whose actions differ gets no label. Labels are renormalised over the trajectory's
-legal mask. Battles that do not match are counted, never guessed.
+Each label is keyed exactly: the battle's room and the player's name (both in the battle's
+record, battles/logs.py), the side, and the decision's number k in that side's sequence of
+requests, which is the k-th choice the battle's input log records for the side. A request sent
+again for the same decision (the same request id, or a new request with no battle message in
+between, after an unavailable choice) replaces that decision's label instead of adding one.
+The builder joins them (`battles.build.build(..., labels=[DIR])`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import uuid
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from battles.actions import N_ACTIONS
-from battles.trajectories import list_shards, read_trajectories, update_teacher
+from battles.labels import MANIFEST, SUFFIX, write_entries, write_manifest
 
-LABEL_SUFFIX = ".labels.json"
 # A label needs at least this many simulations per root choice: below it the visit shares are
 # the search's first tries (every choice a few times), close to uniform.
 MIN_VISITS = 10.0
 
 
+def _moment(battle) -> tuple:
+    """What identifies one decision of a battle: its request id and how many protocol messages came
+    before it (poke-env keeps them all; a request sent again follows no new message)."""
+    return battle.last_request.get("rqid"), len(getattr(battle, "_replay_data", ()))
+
+
 class LabelWriter:
-    """Collects one label per decision for each battle; writes the battle's file at its end.
+    """Collects one label per decision for each battle; writes the battle's labels file at its end.
     A decision searched with fewer than `min_visits` simulations per root choice is recorded
     without a label (all zeros) and counted as shallow."""
 
     def __init__(self, folder: str | Path, source: str, min_visits: float = MIN_VISITS):
+        if isinstance(min_visits, bool) or not isinstance(min_visits, int | float) or not min_visits >= 0:
+            raise ValueError(f"label_min_visits={min_visits!r} must be a number >= 0 (0 keeps every label)")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.source = source
-        if isinstance(min_visits, bool) or not isinstance(min_visits, int | float) or not min_visits >= 0:
-            raise ValueError(f"label_min_visits={min_visits!r} must be a number >= 0 (0 keeps every label)")
         self.min_visits = min_visits
+        if not (self.folder / MANIFEST).is_file():  # the first writer of the set names it
+            write_manifest(self.folder, "search", source, min_visits=min_visits)
         self._open: dict[str, dict] = {}
+        self._moments: dict[str, tuple] = {}  # battle -> the moment of its last recorded decision
         # Room names restart with every server (a resumed stage plays its gen1ou-1 again): each
         # writer's files carry a token of their own, so no battle's labels replace another's.
         self.token = uuid.uuid4().hex[:8]
 
-    def record(self, battle, probs: np.ndarray, action: int, visits: float = math.inf) -> None:
-        entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": [], "shallow": 0,
-                                                          "confident": 0})
-        if probs is None:  # not searched: the student was sure enough (label_below)
-            probs = np.zeros(N_ACTIONS)
-            entry["confident"] += 1
-        elif visits < self.min_visits:
-            probs = np.zeros_like(probs)
-            entry["shallow"] += 1
-        entry["labels"].append([round(float(p), 5) for p in probs])
+    def record(self, battle, probs: np.ndarray | None, action: int, visits: float = math.inf) -> None:
+        """Record the label of the battle's current decision (None: not searched, the player was sure)."""
+        entry = self._open.setdefault(battle.battle_tag, {"labels": [], "actions": [], "shallow": [],
+                                                          "confident": []})
+        rqid, seen = _moment(battle)
+        last = self._moments.get(battle.battle_tag)
+        if last is not None and ((rqid is not None and rqid == last[0]) or seen == last[1]):
+            for values in entry.values():  # the same decision, asked again: its label is replaced
+                values.pop()
+        self._moments[battle.battle_tag] = (rqid, seen)
+        confident = probs is None
+        shallow = not confident and visits < self.min_visits
+        label = np.zeros(N_ACTIONS) if confident or shallow else probs
+        entry["labels"].append([round(float(p), 5) for p in label])
         entry["actions"].append(int(action))
+        entry["shallow"].append(shallow)
+        entry["confident"].append(confident)
 
     def finish(self, battle, username: str) -> Path | None:
+        """Write the battle's labels file (complete or absent); its path."""
         entry = self._open.pop(battle.battle_tag, None)
+        self._moments.pop(battle.battle_tag, None)
         if entry is None or not battle.player_role:
             return None
         room = battle.battle_tag.removeprefix("battle-")
-        path = self.folder / f"{room}-{battle.player_role}-{self.token}{LABEL_SUFFIX}"
-        data = {"room": room, "side": battle.player_role, "player": username, "source": self.source, **entry}
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)  # complete or absent
-        return path
+        data = {"room": room, "player": username, "side": battle.player_role, "source": self.source,
+                "labels": entry["labels"], "actions": entry["actions"], "shallow": sum(entry["shallow"]),
+                "confident": sum(entry["confident"])}
+        return write_entries(self.folder / f"{room}-{battle.player_role}-{self.token}{SUFFIX}", [data])
 
-
-def read_labels(folder: str | Path) -> dict[tuple[str, str, str], dict]:
-    """Label files under `folder`, keyed (room, side, file name): one room and side may have
-    several files, from battles of different servers that reused the room's name."""
-    out = {}
-    for path in sorted(Path(folder).glob(f"*{LABEL_SUFFIX}")):
-        data = json.loads(path.read_text())
-        out[(data["room"], data["side"], path.name)] = data
-    return out
-
-
-def _room_of(battle_id: str, rooms: set[str]) -> str | None:
-    """The room a trajectory's battle id ends with (ids are '<prefix>-<room>' or the room)."""
-    for k in range(len(battle_id)):
-        if (k == 0 or battle_id[k - 1] == "-") and battle_id[k:] in rooms:
-            return battle_id[k:]
-    return None
-
-
-def match_labels(traj, entry: dict, temperature: float = 1.0) -> tuple[np.ndarray | None, str]:
-    """The label rows for this trajectory, sharpened by `temperature` (shares ** (1/T)) and
-    renormalised over its legal actions, or why not."""
-    labels = np.asarray(entry["labels"], np.float64).reshape(-1, N_ACTIONS)
-    if len(labels) != len(traj.action):
-        return None, "decision_count_mismatch"
-    actions = np.asarray(entry["actions"])
-    shown = traj.action >= 0
-    differ = shown & (actions != traj.action)
-    # A few decisions may differ where live play and the log index one choice differently
-    # (gen 1's partial trapping: the request's lone 'Fight' against the log's move slots);
-    # more than that means this is not the battle the labels were made in.
-    if differ.sum() > 0.1 * shown.sum():
-        return None, "action_mismatch"
-    if temperature != 1.0:
-        labels = labels ** (1.0 / temperature)  # zero stays zero
-    probs = np.where(traj.legal & ~differ[:, None], labels, 0.0)
-    mass = probs.sum(axis=1, keepdims=True)
-    # A row left without mass (a forced position, a differing decision) is no label: the
-    # loss skips it.
-    probs = np.where(mass > 0, probs / np.maximum(mass, 1e-12), 0.0)
-    return probs.astype(np.float32), ""
-
-
-def attach_labels(trajectories: str | Path, labels: str | Path, temperature: float = 1.0) -> dict:
-    """Write every matching label file under `labels` into the shards under `trajectories`.
-
-    Visit shares from a short search spread over many choices; `temperature` < 1 sharpens
-    them towards the most visited (0.25: shares ** 4, renormalised). Returns counts:
-    trajectories labelled, label files used, and why others were not.
-    """
-    if not temperature > 0:
-        raise ValueError(f"label temperature must be > 0, got {temperature}")
-    entries = read_labels(labels)
-    candidates = defaultdict(list)  # (room, side) -> the files of battles played in such a room
-    for key in entries:
-        candidates[key[:2]].append(key)
-    rooms = {room for room, _ in candidates}
-    counts: Counter = Counter()
-    used = set()
-    for shard in list_shards(trajectories):
-        found = {}
-        for traj in read_trajectories(shard):
-            room = _room_of(traj.battle_id, rooms)
-            keys = candidates.get((room, traj.player), []) if room else []
-            if not keys:
-                counts["unlabelled_trajectories"] += 1
-                continue
-            # The battle's own file is the one whose decisions match it (count and actions).
-            tried = [(key, *match_labels(traj, entries[key], temperature)) for key in keys if key not in used]
-            hit = next(((key, probs) for key, probs, _ in tried if probs is not None), None)
-            if hit is None:
-                counts[tried[0][2] if tried else "label_file_taken"] += 1
-                continue
-            key, probs = hit
-            entry = entries[key]
-            source = entry["source"] + (f",T={temperature:g}" if temperature != 1.0 else "")
-            found[(traj.battle_id, traj.player)] = (probs, source)
-            used.add(key)
-        if found:
-            counts["labelled"] += update_teacher(shard, found)
-    counts["shallow_decisions"] = sum(entries[key].get("shallow", 0) for key in used)
-    counts["label_files"] = len(entries)
-    counts["label_files_unused"] = len(entries) - len(used)
-    return dict(counts)

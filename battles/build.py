@@ -1,6 +1,7 @@
 """Battle logs to first-person trajectories, for both players of every battle.
 
     python -m battles.build --logs PATH... --out DIR [--workers N] [--max-turns T] [--max-bytes B]
+                            [--labels SET... [--label-temperature T]] [--role ROLE]
 
 Inputs: replays as people save them (battles/replays.py reads them): replay JSON files
 (the shape of public Showdown replays and of bulk replay dumps: `id`, `format`/`formatid`,
@@ -19,6 +20,13 @@ trajectories, decisions, skipped (count per reason: `bad_field:format`, `not_utf
 inactivity loss or a side with no Pokémon left, when a log stops before `|win|`),
 unknown_tokens, inputs_per_s. No input stops a build, and memory stays bounded: a battle
 past --max-turns or a file past --max-bytes is skipped before it is parsed.
+
+Trajectories are built from logs plus labels: `--labels SET...` (label set folders,
+battles/labels.py: a search bot's labels recorded with its battles, a coach's over built
+trajectories) fills the teacher column of the battle sides they label, each label in the row of
+its decision; the summary's `labels` counts what was joined and every label that found no row,
+by reason. `--role learner` builds only the sides that played that role (recorded with the
+battle, battles/logs.py). A built shard is never rewritten: labels made later go into a new build.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import json
 import multiprocessing as mp
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +47,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from battles.encode import ObservationEncoder
+from battles.labels import LabelSet, join
+from battles.log_views import decisions_from_log
 from battles.logs import read_battle_logs
 from battles.replays import (
     Limits,
@@ -55,7 +65,6 @@ from battles.replays import (
 )
 from battles.shards import CorruptShard, list_shards, reading, remove_stale_temporaries
 from battles.trajectories import ShardWriter, Trajectory
-from battles.view import decisions_from_log
 
 HUMAN, SELFPLAY = "human", "selfplay"
 
@@ -80,6 +89,16 @@ class Item:
     team_set: str | None = None
     winner: str | None = None  # 'p1' | 'p2' | '' (tie), set by check_battle
     inferred: str | None = None  # how the winner was inferred when the log stops before |win|
+    room: str | None = None  # the room a recorded battle was played in
+    roles: dict = field(default_factory=dict)  # side -> role, as recorded with the battle
+    sides: tuple[str, ...] = ("p1", "p2")  # the sides to build
+    labels: dict = field(default_factory=dict)  # side -> its label entry (battles/labels.py)
+    label_temperature: float = 1.0
+
+
+def by_role(*roles: str) -> Callable[[Item, str], bool]:
+    """A side selector for `build(select=...)`: the sides that played one of `roles`."""
+    return lambda item, side: item.roles.get(side) in roles
 
 
 # -- reading inputs ------------------------------------------------------------------
@@ -132,7 +151,8 @@ def iter_items(paths: list[Path], source: str | None, skipped: collections.Count
                         continue  # trajectory shards and other tables are not inputs
                     for rec in read_battle_logs(path):
                         yield Item(key=rec.id, replay=rec.replay, source=source or SELFPLAY, choices=rec.choices,
-                                   teams=rec.teams, agents=dict(rec.specs), team_set=rec.team_set)
+                                   teams=rec.teams, agents=dict(rec.specs), team_set=rec.team_set,
+                                   room=rec.room or None, roles=rec.roles)
             except CorruptShard as err:
                 skipped["corrupt_shard"] += 1
                 tqdm.write(f"skipped: {err}")
@@ -177,23 +197,25 @@ def _encoder() -> ObservationEncoder:
     return _ENCODER
 
 
-def build_item(item: Item) -> tuple[list[Trajectory], str | None, int]:
-    """Trajectories of both players of one battle, or a skip reason; plus unknown tokens seen."""
+def build_item(item: Item) -> tuple[list[Trajectory], str | None, int, collections.Counter]:
+    """Trajectories of the item's sides of one battle, or a skip reason; plus unknown tokens seen and
+    how its labels joined (battles/labels.py)."""
     assert item.winner is not None, "check_battle(item) sets the winner before the build"
     enc = _encoder()
     winner = item.winner
     before = enc.vocab.misses
+    counts: collections.Counter = collections.Counter()
     try:
-        by_side = decisions_from_log(item.replay, ("p1", "p2"), item.choices, item.teams)
+        by_side = decisions_from_log(item.replay, item.sides, item.choices, item.teams)
     except Exception as err:  # a log our parser cannot follow: skip it, say why
-        return [], f"parse_error:{type(err).__name__}", 0
+        return [], f"parse_error:{type(err).__name__}", 0, counts
     trajs = []
-    for side in ("p1", "p2"):
+    for side in item.sides:
         decisions = by_side[side]
         if not decisions:
             continue
         tokens, numbers = enc.encode_many([d.view for d in decisions])
-        trajs.append(Trajectory(
+        traj = Trajectory(
             battle_id=item.key, player=side, format=item.replay["format"], source=side_source(item, side),
             outcome=0 if winner == "" else (1 if winner == side else -1),
             encoder_version=enc.version, vocab_hash=enc.vocab.hash,
@@ -202,10 +224,22 @@ def build_item(item: Item) -> tuple[list[Trajectory], str | None, int]:
             legal=np.array([d.view.legal for d in decisions], dtype=bool),
             rating=float(item.replay["rating"]) if isinstance(item.replay.get("rating"), (int, float)) else None,
             team_set=item.team_set, agent=item.agents.get(side) or None,
-        ))
+        )
+        entry = item.labels.get(side)
+        if entry is not None:
+            # Row t is the side's decision t when it was paired with its t-th recorded choice;
+            # a replay without recorded choices has only the order of its rows.
+            recorded = bool(item.choices and item.choices.get(side))
+            paired = np.array([not recorded or d.choice_index == t for t, d in enumerate(decisions)])
+            traj.teacher = join(entry, traj.legal, traj.action, paired, item.label_temperature, counts)
+            traj.teacher_source = entry["source"] + (f",T={item.label_temperature:g}"
+                                                     if item.label_temperature != 1.0 else "")
+            counts["trajectories_labelled"] += 1
+            counts["shallow_decisions"] += entry.get("shallow", 0)
+        trajs.append(traj)
     if not trajs:
-        return [], "no_decisions", enc.vocab.misses - before
-    return trajs, None, enc.vocab.misses - before
+        return [], "no_decisions", enc.vocab.misses - before, counts
+    return trajs, None, enc.vocab.misses - before, counts
 
 
 # -- the build --------------------------------------------------------------------------
@@ -230,7 +264,7 @@ def built_ids(out: Path) -> set[str]:
     return done
 
 
-def _in_order(pool, items: Iterator[Item], window: int) -> Iterator[tuple[list[Trajectory], str | None, int]]:
+def _in_order(pool, items: Iterator[Item], window: int) -> Iterator[tuple]:
     """Results of build_item over `items`, in order, with at most `window` battles in flight.
 
     Pool.imap would read every input ahead into its task queue: memory grows with the input.
@@ -245,15 +279,26 @@ def _in_order(pool, items: Iterator[Item], window: int) -> Iterator[tuple[list[T
 
 
 def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: str | None = None,
-          rows_per_shard: int = 2048, progress: bool = True, limits: Limits = Limits()) -> dict:
-    """Build trajectories from `logs` into `out`; returns the summary dict."""
+          rows_per_shard: int = 2048, progress: bool = True, limits: Limits = Limits(),
+          labels: str | Path | Iterable[str | Path] | None = None, label_temperature: float = 1.0,
+          select: Callable[[Item, str], bool] | None = None) -> dict:
+    """Build trajectories from `logs` into `out`; returns the summary dict.
+
+    `labels`: label set folders whose labels fill the teacher column, sharpened by
+    `label_temperature` (shares ** (1/T)); `select(item, side)`: which sides to build
+    (`by_role("learner")`; default both).
+    """
+    if not label_temperature > 0:
+        raise ValueError(f"label_temperature={label_temperature}: must be > 0 (1 keeps the labels as they are)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     done = built_ids(out)
+    label_set = LabelSet(labels) if labels is not None else None
     skipped: collections.Counter = collections.Counter()  # before dispatch: unreadable, duplicate, built
     failed: collections.Counter = collections.Counter()  # dispatched, but no trajectories
     recovered: collections.Counter = collections.Counter()
+    joined: collections.Counter = collections.Counter()
     seen: set[str] = set()
 
     def fresh_items() -> Iterator[Item]:
@@ -265,6 +310,11 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             if item.key in done:
                 skipped["already_built"] += 1
                 continue
+            if select is not None:
+                item.sides = tuple(s for s in item.sides if select(item, s))
+                if not item.sides:
+                    skipped["no_side_selected"] += 1
+                    continue
             try:
                 check_battle(item, limits)
             except Skip as err:
@@ -272,6 +322,11 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
                 continue
             if item.inferred:
                 recovered[f"winner_inferred:{item.inferred}"] += 1
+            if label_set is not None:
+                players = dict(zip(("p1", "p2"), item.replay["players"]))
+                item.labels = {s: e for s in item.sides
+                               if (e := label_set.find(item.key, s, item.room, players.get(s))) is not None}
+                item.label_temperature = label_temperature
             yield item
 
     stats = {"inputs": 0, "trajectories": 0, "decisions": 0, "unknown_tokens": 0}
@@ -288,8 +343,9 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             gc_thresholds = _fewer_collections()
             results = map(build_item, fresh_items())
         try:
-            for trajs, reason, unknown in results:
+            for trajs, reason, unknown, counts in results:
                 stats["inputs"] += 1
+                joined.update(counts)
                 stats["unknown_tokens"] += unknown
                 if reason:
                     failed[reason] += 1
@@ -304,8 +360,16 @@ def build(logs: list[str | Path], out: str | Path, *, workers: int = 1, source: 
             gc.set_threshold(*gc_thresholds)
     elapsed = time.monotonic() - start
     stats["inputs"] += sum(skipped.values())
-    return {**stats, "skipped": dict(sorted((skipped + failed).items())), "recovered": dict(sorted(recovered.items())),
-            "inputs_per_s": round(stats["inputs"] / elapsed, 2) if elapsed > 0 else None}
+    summary = {**stats, "skipped": dict(sorted((skipped + failed).items())),
+               "recovered": dict(sorted(recovered.items())),
+               "inputs_per_s": round(stats["inputs"] / elapsed, 2) if elapsed > 0 else None}
+    if label_set is not None:
+        # An entry labels one battle side; the others labelled nothing in this build (their side was
+        # not built here: another role, built before, or not among the logs).
+        summary["labels"] = {"entries": len(label_set), **dict(sorted(joined.items())),
+                             "unused_entries": len(label_set) - joined["trajectories_labelled"],
+                             "ambiguous_entries": len(label_set.ambiguous)}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -319,6 +383,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip battles longer than this (too_long:turns)")
     parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes,
                         help="skip replay files larger than this (too_long:bytes)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="label set folders (battles/labels.py) whose labels fill the teacher column")
+    parser.add_argument("--label-temperature", type=float, default=1.0, help="sharpen labels: shares ** (1/T)")
+    parser.add_argument("--role", default=None, help="build only the sides that played this role (e.g. learner)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -329,8 +397,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --max-bytes / --max-turns: {err}") from None
     try:
         summary = build(args.logs, args.out, workers=args.workers, source=args.source, progress=not args.quiet,
-                        limits=limits)
-    except (FileNotFoundError, CorruptShard) as err:
+                        limits=limits, labels=args.labels, label_temperature=args.label_temperature,
+                        select=by_role(args.role) if args.role else None)
+    except (FileNotFoundError, ValueError, CorruptShard) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(summary), flush=True)
 

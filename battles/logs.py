@@ -6,12 +6,16 @@ in Parquet shards (atomic: temporary name, then rename); `read_battle_logs` stre
 back. `record.replay` has the same shape as a public Showdown replay (`id`, `format`,
 `players`, `log`, `uploadtime`, `rating`), so our battles and human replays enter the
 data pipeline the same way.
+
+A record also keeps the room it was played in (labels recorded live name their battle by it,
+battles/labels.py) and each side's role in the run that played it (`roles`, e.g.
+{"p1": "learner"}): whoever needs the learner's decisions selects them by role, not by
+re-reading agent specs. Records written before these columns read back with room "" and no roles.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from battles.protocol import to_id
 from battles.shards import list_shards, next_shard_path, write_table_atomic
 
 SCHEMA = pa.schema(
@@ -42,13 +47,10 @@ SCHEMA = pa.schema(
         ("p2_choices", pa.list_(pa.string())),
         ("seed", pa.string()),
         ("input_log", pa.list_(pa.string())),
+        ("room", pa.string()),  # the room id the battle was played in ('gen1ou-123')
+        ("roles", pa.string()),  # JSON: side -> role in the run that played it ({"p1": "learner"})
     ]
 )
-
-
-def to_id(text: str) -> str:
-    """Showdown's toID: lowercase letters and digits only."""
-    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 @dataclass
@@ -70,6 +72,8 @@ class BattleRecord:
     end_type: str = "normal"
     seed: str | None = None
     input_log: list[str] = field(default_factory=list)
+    room: str = ""
+    roles: dict[str, str] = field(default_factory=dict)
 
     @property
     def replay(self) -> dict:
@@ -92,8 +96,10 @@ class BattleRecord:
         specs: dict[str, str] | None = None,
         team_set: str | None = None,
         id_prefix: str = "",
+        roles: dict[str, str] | None = None,
     ) -> BattleRecord:
-        """Build a record from the JSON our server config writes for a finished battle."""
+        """Build a record from the JSON our server config writes for a finished battle; `roles`
+        names each side's part in the run ({"p1": "learner"})."""
         for key in ("roomid", "format", "players", "log", "inputLog"):
             if key not in data:
                 raise ValueError(f"server battle record lacks '{key}': {str(data)[:200]}")
@@ -122,6 +128,8 @@ class BattleRecord:
             end_type=data.get("endType") or "normal",
             seed=seed if isinstance(seed, str) or seed is None else json.dumps(seed),
             input_log=list(data["inputLog"]),
+            room=roomid,
+            roles=check_roles(roles or {}),
         )
 
     def to_row(self) -> dict:
@@ -145,6 +153,8 @@ class BattleRecord:
             "p2_choices": self.choices.get("p2", []),
             "seed": self.seed,
             "input_log": self.input_log,
+            "room": self.room,
+            "roles": json.dumps(check_roles(self.roles)),
         }
 
     @classmethod
@@ -165,7 +175,18 @@ class BattleRecord:
             choices={"p1": list(row["p1_choices"]), "p2": list(row["p2_choices"])},
             seed=row["seed"],
             input_log=list(row["input_log"]),
+            room=row.get("room") or "",  # absent in records written before rooms were kept
+            roles=json.loads(row.get("roles") or "{}"),
         )
+
+
+def check_roles(roles: dict) -> dict[str, str]:
+    """`roles` if it maps sides ('p1', 'p2') to non-empty names; else a ValueError naming it."""
+    if not isinstance(roles, dict) or not all(s in ("p1", "p2") and isinstance(r, str) and r
+                                              for s, r in roles.items()):
+        raise ValueError(f"roles={roles!r}: give a mapping of sides 'p1'/'p2' to role names, "
+                         "e.g. {'p1': 'learner'}")
+    return dict(roles)
 
 
 class BattleLogWriter:

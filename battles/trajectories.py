@@ -9,7 +9,7 @@ name and renamed when complete, so readers never see a half-written shard.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from battles.shards import list_shards, next_shard_path, reading
 
 __all__ = [
     "N_ACTIONS", "SCHEMA", "ShardWriter", "Trajectory", "list_shards", "read_row_group",
-    "read_trajectories", "row_groups", "shard_stats", "update_teacher",
+    "read_trajectories", "row_groups", "shard_stats",
 ]
 
 N_ACTIONS = 13
@@ -357,59 +357,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def update_teacher(
-    path: str | os.PathLike, labels: Mapping[tuple[str, str], tuple[np.ndarray, str] | None],
-) -> int:
-    """Set teacher probabilities of rows keyed (battle_id, player) in one shard; rewrite atomically.
-
-    A value ``(probs (T,13), teacher_source)`` sets the label; ``None`` clears it. Row groups are
-    rewritten one at a time to a temporary file that replaces the shard when complete.
-    Labels for rows not in this shard are ignored. Returns the number of rows updated.
-    """
-    path = Path(path)
-    labels = dict(labels)
-    tmp = _tmp_name(path)
-    updated = 0
-    try:
-        with pq.ParquetFile(path) as pf, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as out:
-            for i in range(pf.num_row_groups):
-                table = pf.read_row_group(i)
-                keys = zip(table["battle_id"].to_pylist(), table["player"].to_pylist(), strict=True)
-                n_dec = table["n_decisions"].to_pylist()
-                teacher_vals, offsets, teacher_valid = _flat(table["teacher"])
-                probs, sources = [], table["teacher_source"].to_pylist()
-                for r, key in enumerate(keys):
-                    old = teacher_vals[offsets[r]:offsets[r + 1]] if teacher_valid[r] else None
-                    if key not in labels:
-                        probs.append(old)
-                        continue
-                    value = labels.pop(key)
-                    updated += 1
-                    if value is None:
-                        probs.append(None)
-                        sources[r] = None
-                        continue
-                    p, src = value
-                    p = np.asarray(p, dtype=np.float32)
-                    if p.shape != (n_dec[r], N_ACTIONS):
-                        raise ValueError(
-                            f"teacher for {key} in {path} has shape {p.shape}, "
-                            f"expected ({n_dec[r]}, {N_ACTIONS})"
-                        )
-                    probs.append(p)
-                    sources[r] = src
-                table = table.set_column(
-                    table.schema.get_field_index("teacher"), SCHEMA.field("teacher"),
-                    _list_array(probs, pa.float32()),
-                )
-                table = table.set_column(
-                    table.schema.get_field_index("teacher_source"), SCHEMA.field("teacher_source"),
-                    pa.array(sources, pa.string()),
-                )
-                out.write_table(table, row_group_size=table.num_rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return updated

@@ -38,7 +38,7 @@ from poke_env.concurrency import POKE_LOOP
 from poke_env.ps_client.server_configuration import ShowdownServerConfiguration
 from tqdm import tqdm
 
-from battles.logs import to_id
+from battles.protocol import to_id
 from eval import credentials as creds_mod
 from eval.match import folder_name, needs_teams
 from eval.online_link import Link

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import websockets
 
-from battles.logs import to_id
+from battles.protocol import to_id
 from eval import credentials as creds_mod
 from eval.online_record import OnlineBattle
 

@@ -16,7 +16,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from battles.logs import BattleRecord, to_id
+from battles.logs import BattleRecord
+from battles.protocol import to_id
 
 # Lines a player gets that a public replay lacks (or that say nothing about the battle).
 PRIVATE = frozenset({

@@ -180,37 +180,24 @@ def test_mix_loader_with_workers_resumes_exactly(mixed):
                       shuffle_buffer=32)
         return MixLoader(mix, batch_size=6, num_workers=2)
 
-    def keys(batch):
-        return list(zip(batch["battle_id"], batch["start"].tolist(), strict=True))
+    def keys(batches, n: int) -> list:
+        """(battle, start) of every sample in the first `n` batches."""
+        return [key for _, batch in zip(range(n), batches)
+                for key in zip(batch["battle_id"], batch["start"].tolist(), strict=True)]
 
-    full = []
-    for i, batch in enumerate(loader()):
-        full += keys(batch)
-        if i == 10:
-            break
+    full = keys(loader(), 11)
     first = loader()
-    for i, _ in enumerate(first):
-        if i == 4:
-            break
+    keys(first, 5)
     state = first.state_dict()
     assert state["samples"] == 30 and state["per_worker"] == [18, 12]
     assert state["next_worker"] == 1
     second = loader()
     second.load_state_dict(state)
-    tail = []
-    for i, batch in enumerate(second):
-        tail += keys(batch)
-        if i == 3:
-            break
-    assert tail == full[30:54]
+    assert keys(second, 4) == full[30:54]
     third = loader()  # resume again, now from worker 1's turn
     third.load_state_dict(second.state_dict())
     assert third.state_dict()["next_worker"] == 1
-    tail = []
-    for i, batch in enumerate(third):
-        tail += keys(batch)
-        if i == 1:
-            break
+    tail = keys(third, 2)
     assert tail == full[54:66]
 
 

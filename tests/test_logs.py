@@ -105,3 +105,30 @@ def test_killed_mid_write_leaves_no_shard(tmp_path):
     assert proc.returncode == 9
     assert list_shards(tmp_path) == []  # readers see nothing
     assert count_battles(tmp_path) == 0
+
+
+def test_room_and_roles_round_trip(tmp_path):
+    rec = BattleRecord.from_server_json(SERVER_JSON, specs={"p1": "maxbp", "p2": "random"},
+                                        roles={"p1": "learner"}, id_prefix="q1-")
+    assert rec.room == "gen1ou-7" and rec.id == "q1-gen1ou-7" and rec.roles == {"p1": "learner"}
+    with BattleLogWriter(tmp_path) as writer:
+        writer.add(rec)
+    (back,) = read_battle_logs(tmp_path)
+    assert back.room == "gen1ou-7" and back.roles == {"p1": "learner"}
+    for bad in ({"p3": "learner"}, {"p1": ""}, ["p1"]):
+        with pytest.raises(ValueError, match="roles="):
+            BattleRecord.from_server_json(SERVER_JSON, roles=bad)
+
+
+def test_records_written_before_rooms_and_roles_still_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from battles.logs import SCHEMA
+
+    old = pa.schema([f for f in SCHEMA if f.name not in ("room", "roles")])
+    row = {k: v for k, v in make_record().to_row().items() if k in old.names}
+    pq.write_table(pa.Table.from_pylist([row], schema=old), tmp_path / "battles-00000.parquet")
+    (back,) = read_battle_logs(tmp_path)
+    assert back.id == "test-0" and back.room == "" and back.roles == {}
+    assert back.choices == make_record().choices

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from battles.logs import read_battle_logs, to_id
+from battles.logs import read_battle_logs
+from battles.protocol import to_id
 from battles.trajectories import read_trajectories
 from eval.credentials import CredentialError, load, read_file
 

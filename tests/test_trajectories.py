@@ -1,4 +1,4 @@
-"""The trajectory store: round trip, atomic shards, streaming reads, teacher updates."""
+"""The trajectory store: round trip, atomic shards, streaming reads, teacher shapes checked at write."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from battles.trajectories import (
     read_trajectories,
     row_groups,
     shard_stats,
-    update_teacher,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,28 +159,15 @@ def test_reads_stream_one_row_group_at_a_time(tmp_path):
     assert peak < table_bytes / 8, (peak, table_bytes)
 
 
-def test_update_teacher_rewrites_atomically(tmp_path):
-    trajs = [make_traj(i, t=4, teacher=i == 1) for i in range(6)]
-    with ShardWriter(tmp_path, "t", rows_per_shard=10, row_group_size=4) as w:
-        w.write_many(trajs)
-    shard = list_shards(tmp_path)[0]
-    probs = np.full((4, 13), 1 / 13, np.float32)
-    n = update_teacher(shard, {("gen1ou-0", "p1"): (probs, "search:ms=100"),
-                               ("gen1ou-1", "p2"): None,
-                               ("gen1ou-99", "p1"): (probs, "x")})
-    assert n == 2
-    back = {t.battle_id: t for t in read_trajectories(shard)}
-    np.testing.assert_array_equal(back["gen1ou-0"].teacher, probs)
-    assert back["gen1ou-0"].teacher_source == "search:ms=100"
-    assert back["gen1ou-1"].teacher is None and back["gen1ou-1"].teacher_source is None
-    for i in range(2, 6):
-        assert_same(trajs[i], back[f"gen1ou-{i}"])
-    assert pq.read_metadata(shard).num_row_groups == 2
-    with pytest.raises(ValueError, match=r"gen1ou-2.*shape \(3, 13\)"):
-        update_teacher(shard, {("gen1ou-2", "p1"): (probs[:3], "x")})
-    assert not list(tmp_path.glob("*.tmp"))
-    assert back["gen1ou-2"].teacher is None  # the failed update changed nothing
-    assert list(read_trajectories(shard))[2].teacher is None
+def test_a_teacher_of_the_wrong_shape_fails_at_write_and_leaves_no_shard(tmp_path):
+    """Teachers arrive only when a shard is built (battles/build.py joins labels): the writer is the
+    one place that checks them, and a bad one never reaches the disk."""
+    bad = make_traj(2, t=4, teacher=True)
+    bad.teacher = bad.teacher[:3]
+    with pytest.raises(ValueError, match=r"gen1ou-2.*teacher has shape \(3, 13\), expected \(4, 13\)"):
+        with ShardWriter(tmp_path, "t") as w:
+            w.write_many([make_traj(0, t=4, teacher=True), bad])
+    assert not list(tmp_path.iterdir())
 
 
 def test_readers_refuse_non_trajectory_shards(tmp_path):
