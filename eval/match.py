@@ -1,46 +1,48 @@
 """Play N real battles between two agents and record them.
 
     python -m eval.match --p1 maxbp --p2 random --format gen1ou --team-set competitive \
-        -n 100 --concurrency 16 --out runs/match [--backend sim|server]
+        -n 100 --concurrency 16 --out runs/match [--backend sim|server] [--workers K] [ray=auto]
 
 Ends with one JSON line: battles, p1_wins, p2_wins, ties, errors, p1_winrate, ci95,
-mean_turns, battles_per_s. "p1" means the agent given as --p1.
+mean_turns, battles_per_s. "p1" means the agent given as --p1. The flags are the MatchConfig's
+keys; `--config FILE.yaml` and `key=value` overrides work as for every command (battles/config.py).
 
-Backends (DESIGN "Where battles are played"): `sim` (the default) plays on Showdown's own
-simulator hosted by a Node process over pipes (eval/runner.py); `server` plays on the real
-local Showdown server over websockets. Both record the same `BattleRecord`s. A host or
-server that dies mid-run (or stalls) is restarted, the battles it held are counted in
-`errors` and played again, so the run still ends with N finished battles. On the `sim`
-backend finished battles reach a shard within `flush_seconds`, the command line resumes (a
-rerun into the same --out plays only what is missing of N), and `--workers K` splits the
-match over K processes, each with its own simulator host (eval/workers.py).
+Battles are played by the one runner (eval/play.py, DESIGN "Where battles are played"): on
+`sim` (the default: Showdown's simulator hosted by a Node process over pipes) or on `server`
+(the real local Showdown server over websockets); both record the same `BattleRecord`s. A host
+or server that dies mid-run (or stalls) is restarted and the battles it held are counted in
+`errors` and played again, so the run ends with N finished battles. Finished battles reach a
+shard within `flush_seconds`; the command line resumes (a rerun into the same --out plays only
+what is missing of N); `--workers K` splits the match over K processes, each with its own
+simulator host, and `ray=ADDRESS` runs those workers on a Ray cluster (eval/workers.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import dataclasses
 import json
 import logging
-import os
 import re
 import secrets
+import signal
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from agents.registry import make_player
-from battles.logs import BattleLogWriter, BattleRecord
+from battles.config import load_config
 from battles.server import ShowdownServer
+from battles.shards import list_shards
+from eval.play import BACKENDS, Recorder, play, to_record
 from eval.ratings import wilson_interval
 from eval.recorded import MatchResult, add_recorded, count, tally
-from eval.workers import play_in_workers
+from eval.runner import Job, Outcome
+from eval.workers import auto_workers
 
 log = logging.getLogger(__name__)
 
-
-BACKENDS = ("sim", "server")
+SEED_STRIDE = 1_000_003  # share k of round r plays seed + (r * 10_000 + k + 1) * SEED_STRIDE
 
 
 def needs_teams(battle_format: str) -> bool:
@@ -48,11 +50,48 @@ def needs_teams(battle_format: str) -> bool:
     return "random" not in battle_format
 
 
+@dataclasses.dataclass
+class MatchConfig:
+    """The match command's settings (checked on construction)."""
+
+    p1: str = ""  # agent spec, e.g. maxbp or policy:runs/x/final
+    p2: str = ""
+    format: str = "gen1ou"
+    team_set: str = "competitive"  # ignored for random battles
+    n: int = 100  # battles to finish in total in `out`, counting earlier runs
+    concurrency: int = 16
+    seed: int = 0
+    out: str = "runs/match"
+    backend: str = "sim"  # sim: Showdown's simulator over pipes; server: the real local server
+    workers: int = 0  # sim: processes, each with its own simulator host (0: what the cores allow)
+    ray: str = ""  # sim: run the workers on Ray (auto, ray://HOST:PORT, or local)
+    flush_seconds: float = 5.0  # finished battles reach a shard at most this long after they end
+    port: int = 0  # server: the port (0: a free one)
+    quiet: bool = False  # no progress bar
+
+    def __post_init__(self):
+        from agents.registry import parse_spec
+
+        for key in ("p1", "p2"):
+            if getattr(self, key):
+                parse_spec(getattr(self, key))  # ValueError naming the spec and the known kinds
+        if self.n < 1:
+            raise ValueError(f"n={self.n} must be at least 1")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency={self.concurrency} must be at least 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: pick one of {', '.join(BACKENDS)}")
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers} must be >= 0 (0: what the machine's cores allow)")
+        if self.flush_seconds < 0:
+            raise ValueError(f"flush_seconds={self.flush_seconds} must be >= 0")
+
+
 class Match:
-    """Plays `n` battles of `p1_spec` (challenger) against `p2_spec` and records each one.
+    """Plays `n` battles of `p1_spec` (challenger, side p1) against `p2_spec` and records each one.
 
     `backend`: "sim" or "server"; left out, it is "server" when a `server` is given, else "sim".
-    `resume` (sim only): `n` counts the battles of this pairing already in `out_dir`.
+    `resume`: `n` counts the battles of this pairing already in `out_dir`.
     """
 
     def __init__(
@@ -67,7 +106,7 @@ class Match:
         concurrency: int = 16,
         seed: int = 0,
         server: ShowdownServer | None = None,
-        stall_timeout: float = 120.0,  # seconds without a finished battle or a new turn
+        stall_timeout: float = 120.0,  # seconds without a message (sim) or a decision (server)
         max_restarts: int = 10,
         progress: bool = True,
         shard_size: int = 500,
@@ -75,18 +114,15 @@ class Match:
         resume: bool = False,
         flush_seconds: float = 5.0,
         workers: int = 1,
+        ray: str = "",
+        roles: dict[str, str] | None = None,
     ):
-        if n < 1:
-            raise ValueError(f"-n must be at least 1, got {n}")
-        if concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, got {concurrency}")
         backend = backend or ("server" if server is not None else "sim")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r}: pick one of {', '.join(BACKENDS)}")
-        if workers < 1:
-            raise ValueError(f"workers={workers} must be at least 1")
-        if workers > 1 and backend != "sim":
-            raise ValueError(f"workers={workers} needs the sim backend (got backend={backend!r})")
+        if not p1_spec or not p2_spec:
+            raise ValueError("a match needs two agents: give --p1 and --p2")
+        MatchConfig(p1=p1_spec, p2=p2_spec, n=n, concurrency=concurrency, backend=backend, workers=workers)
+        if (workers > 1 or ray) and backend != "sim":
+            raise ValueError(f"workers={workers} ray={ray!r} need the sim backend (got backend={backend!r})")
         if needs_teams(battle_format) and not team_set:
             raise ValueError(f"format {battle_format} needs a team set: pass --team-set (e.g. competitive)")
         self.p1_spec, self.p2_spec = p1_spec, p2_spec
@@ -104,212 +140,109 @@ class Match:
         self.backend = backend
         self.resume = resume
         self.flush_seconds = flush_seconds
-        self.workers = workers
+        self.workers, self.ray = workers, ray
+        self.roles = dict(roles or {})  # side -> its part in the run ({"p1": "learner"}), recorded with each battle
+        if set(self.roles) - {"p1", "p2"}:
+            raise ValueError(f"roles={roles}: keys are sides, p1 or p2")
         self._token = secrets.token_hex(4)
-        self._agent_of_name: dict[str, str] = {}  # account name -> 'p1' | 'p2' (the agent, not the side)
-        self._consumed: list[Path] = []  # recorded, deleted once their shard is written
-        # (name, inode) of files already recorded or found to be another match's: a restarted
-        # server numbers its rooms from 1 again, so a name alone may come back.
-        self._seen: set[tuple[str, int]] = set()
-        self._samplers = None
 
-    # -- players ----------------------------------------------------------------
-    def _team_samplers(self):
-        if self._samplers is None and self.team_set_name:
+    def _jobs(self, n: int) -> list[Job]:
+        """n battles of the pair, each with its teams drawn from the team set (seeded)."""
+        samplers = (None, None)
+        if self.team_set_name:
             from battles.teams import load_team_set
 
             team_set = load_team_set(self.team_set_name, self.battle_format)
-            self._samplers = (team_set.sampler(2 * self.seed), team_set.sampler(2 * self.seed + 1))
-        return self._samplers or (None, None)
+            samplers = (team_set.sampler(2 * self.seed), team_set.sampler(2 * self.seed + 1))
+        specs = (self.p1_spec, self.p2_spec)
+        roles = (self.roles.get("p1", ""), self.roles.get("p2", ""))
+        return [Job(i, specs, self.battle_format, tuple(s and s.yield_team() for s in samplers), roles=roles)
+                for i in range(n)]
 
-    def _make_players(self):
-        teams = self._team_samplers()
-        players = []
-        for role, spec, team in (("p1", self.p1_spec, teams[0]), ("p2", self.p2_spec, teams[1])):
-            player = make_player(
-                spec,
-                battle_format=self.battle_format,
-                server_configuration=self.server.server_configuration,
-                team=team,
-                max_concurrent_battles=self.concurrency,
-            )
-            self._agent_of_name[player.username] = role
-            players.append(player)
-        return players
+    def run(self) -> MatchResult:
+        """Play all battles (starting a server or a simulator host as needed) and return the result."""
+        if self.workers > 1 or self.ray:
+            from eval.workers import play_shares
 
-    # -- records ----------------------------------------------------------------
-    def _collect(self, writer: BattleLogWriter, result: MatchResult) -> int:
-        """Move this match's finished battles from the server's folder into the writer."""
-        new = 0
-        # Polled several times a second: list names only, and read each file once.
-        with os.scandir(self.server.battle_dir) as entries:
-            files = sorted((e.name, e.inode()) for e in entries
-                           if e.name.endswith(".json") and (e.name, e.inode()) not in self._seen)
-        for name, inode in files:
-            if result.battles >= self.n:
-                break
-            path = self.server.battle_dir / name
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue  # renamed into place atomically; a failure here is another reader's file
-            roles = [self._agent_of_name.get(player) for player in data.get("players", [])]
-            self._seen.add((name, inode))
-            if None in roles:
-                continue  # another match on a shared server
-            specs = {side: (self.p1_spec if role == "p1" else self.p2_spec) for side, role in zip(("p1", "p2"), roles)}
-            record = BattleRecord.from_server_json(
-                data, specs=specs, team_set=self.team_set_name, id_prefix=f"q{self._token}r{result.restarts}-"
-            )
-            writer.add(record)
-            self._consumed.append(path)
-            result.battles += 1
-            result.turns.append(record.turns)
-            if record.winner == "":
-                result.ties += 1
-            elif roles[0 if record.winner == "p1" else 1] == "p1":
-                result.p1_wins += 1
-            else:
-                result.p2_wins += 1
-            new += 1
-        if len(writer.pending) >= self.shard_size:
-            self._flush(writer, result)
-        return new
-
-    def _flush(self, writer: BattleLogWriter, result: MatchResult) -> None:
-        shard = writer.flush()
-        if shard:
-            result.shards.append(str(shard))
-        for path in self._consumed:
-            path.unlink(missing_ok=True)  # only once its record is safely in a shard
-        self._consumed = []
-
-    # -- the loop -----------------------------------------------------------------
-    async def _round(self, writer, result, bar) -> bool:
-        """Play the remaining battles once; False when the server died or stalled."""
-        p1, p2 = self._make_players()
-        task = asyncio.create_task(p1.battle_against(p2, n_battles=self.n - result.battles))
-        last_progress = time.monotonic()
-        healthy = True
-        seen = None
-        try:
-            while not task.done():
-                await asyncio.sleep(0.2)
-                new = self._collect(writer, result)
-                if new:
-                    bar.update(new)
-                    last_progress = time.monotonic()
-                # A new battle or turn is progress too: a slow agent (search) is not a stalled server.
-                now_seen = (len(p1.battles), sum(b.turn for b in list(p1.battles.values())))
-                if now_seen != seen:
-                    seen, last_progress = now_seen, time.monotonic()
-                if not self.server.is_alive():
-                    log.warning("server died mid-match; restarting and replaying lost battles")
-                    healthy = False
-                    break
-                if time.monotonic() - last_progress > self.stall_timeout:
-                    log.warning("no battle finished for %.0fs; restarting the server", self.stall_timeout)
-                    healthy = False
-                    break
-            if task.done() and task.exception() is not None:
-                log.warning("battles raised %r; restarting the server", task.exception())
-                healthy = False
-            # The last battles' files are renamed into place before their |win| reaches us.
-            bar.update(self._collect(writer, result))
-            if not healthy:
-                in_flight = sum(1 for b in p1.battles.values() if not b.finished)
-                result.errors += max(in_flight, 1)
-        finally:
-            if not task.done():
-                task.cancel()
-                try:
-                    await task
-                except BaseException:
-                    pass
-            for player in (p1, p2):
-                try:
-                    await asyncio.wait_for(player.ps_client.stop_listening(), timeout=5)
-                except BaseException:
-                    pass
-                player.battles.clear() if hasattr(player.battles, "clear") else None
-        return healthy
-
-    async def _run(self) -> MatchResult:
-        result = MatchResult(self.p1_spec, self.p2_spec, self.battle_format)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        writer = BattleLogWriter(self.out_dir, prefix=f"battles-{self._token}", battles_per_shard=10**9)
-        start = time.monotonic()
-        with tqdm(total=self.n, desc=f"{self.p1_spec} vs {self.p2_spec}", disable=not self.progress) as bar:
-            while result.battles < self.n:
-                if not await self._round(writer, result, bar):
-                    if result.restarts >= self.max_restarts:
-                        self._flush(writer, result)
-                        raise RuntimeError(
-                            f"gave up after {result.restarts} server restarts; {result.battles} battles "
-                            f"recorded in {self.out_dir}. Server output:\n{self.server.output_tail()}"
-                        )
-                    result.restarts += 1
-                    self._flush(writer, result)  # before the new server reuses room names
-                    if not self.server.ensure_running():
-                        self.server.restart()  # alive but stalled
-        result.seconds = time.monotonic() - start
-        self._flush(writer, result)
-        return result
-
-    async def _run_sim(self) -> MatchResult:
-        from eval.runner import SimRunner
-
+            shares = _MatchShares(self)
+            lost = play_shares(shares, self.workers, play_share, ray=self.ray)
+            return shares.result(lost)
         result = MatchResult(self.p1_spec, self.p2_spec, self.battle_format)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.resume:
             add_recorded(result, self.out_dir, self.p1_spec, self.p2_spec, self.battle_format)
             self.seed += result.battles  # fresh seeds and team draws for the battles still to play
-        todo = max(0, self.n - result.battles)
-        writer = BattleLogWriter(self.out_dir, prefix=f"battles-{self._token}", battles_per_shard=10**9)
-        specs = {"p1": self.p1_spec, "p2": self.p2_spec}
-        last_flush = time.monotonic()
+        recorder = Recorder(self.out_dir, f"battles-{self._token}", every=self.shard_size, seconds=self.flush_seconds)
 
-        def on_record(data: dict) -> None:
-            nonlocal last_flush
-            record = BattleRecord.from_server_json(data, specs=specs, team_set=self.team_set_name,
-                                                   id_prefix=f"q{self._token}-")
-            writer.add(record)
+        def on_done(o: Outcome) -> None:
+            record = to_record(o, team_set=self.team_set_name, token=self._token)
+            recorder.add(record)
             count(result, record)
-            # A killed match keeps what it finished: at most flush_seconds of battles are lost.
-            if len(writer.pending) >= self.shard_size or time.monotonic() - last_flush >= self.flush_seconds:
-                self._flush(writer, result)
-                last_flush = time.monotonic()
 
         start = time.monotonic()
-        runner = SimRunner(self.p1_spec, self.p2_spec, battle_format=self.battle_format, on_record=on_record,
-                           teams=self._team_samplers(), concurrency=self.concurrency, seed=self.seed,
-                           max_restarts=self.max_restarts, stall_timeout=self.stall_timeout)
-        try:
-            with tqdm(total=self.n, initial=result.battles, desc=f"{self.p1_spec} vs {self.p2_spec}",
-                      disable=not self.progress) as bar:
-                stats = await runner.play(todo, bar)
-        finally:
-            self._flush(writer, result)
-            await runner.close()
+        with tqdm(total=self.n, initial=result.battles, desc=f"{self.p1_spec} vs {self.p2_spec}",
+                  disable=not self.progress) as bar:
+            try:
+                stats = play(self._jobs(max(0, self.n - result.battles)), on_done=on_done, backend=self.backend,
+                             servers=[self.server] if self.server else 1, concurrency=self.concurrency,
+                             seed=self.seed, battle_timeout=self.stall_timeout, max_restarts=self.max_restarts,
+                             bar=bar, tick=recorder.tick)
+            finally:
+                recorder.flush()
         result.errors, result.restarts, result.played = stats.errors, stats.restarts, stats.battles
         result.seconds = time.monotonic() - start
+        result.shards = recorder.shards
         return result
 
-    def run(self) -> MatchResult:
-        """Play all battles (starting a server or a simulator host as needed) and return the result."""
-        if self.backend == "sim" and self.workers > 1:
-            return play_in_workers(self, self.workers, play_share)
-        if self.backend == "sim":
-            return asyncio.run(self._run_sim())
-        own = self.server is None
-        if own:
-            self.server = ShowdownServer()
-        try:
-            self.server.start()
-            return asyncio.run(self._run())
-        finally:
-            if own:
-                self.server.stop()
+
+class _MatchShares:
+    """A match's battles as worker shares (eval/workers.py): each share a one-process Match."""
+
+    def __init__(self, match: Match):
+        self.m = match
+        match.out_dir.mkdir(parents=True, exist_ok=True)
+        self.before = set(list_shards(match.out_dir))
+        self.counted = set(self.before)
+        self.new = MatchResult(match.p1_spec, match.p2_spec, match.battle_format)
+        self.total = match.n - (self._count(self.before).battles if match.resume else 0)
+        self.desc, self.progress = f"{match.p1_spec} vs {match.p2_spec}", match.progress
+        self.errors = self.restarts = 0
+        self.start = time.monotonic()
+
+    def _count(self, shards) -> MatchResult:
+        m = self.m
+        result = MatchResult(m.p1_spec, m.p2_spec, m.battle_format)
+        add_recorded(result, m.out_dir, m.p1_spec, m.p2_spec, m.battle_format, shards=shards)
+        return result
+
+    def remaining(self) -> int:
+        m = self.m  # each shard is read once: a finished shard never changes
+        new = set(list_shards(m.out_dir)) - self.counted
+        add_recorded(self.new, m.out_dir, m.p1_spec, m.p2_spec, m.battle_format, shards=new)
+        self.counted |= new
+        return self.total - self.new.battles
+
+    def shares(self, k: int, round_: int) -> list[dict]:
+        m, remaining = self.m, self.remaining()
+        return [dict(p1_spec=m.p1_spec, p2_spec=m.p2_spec, battle_format=m.battle_format,
+                     n=remaining // k + (i < remaining % k), out_dir=str(m.out_dir), team_set=m.team_set_name,
+                     concurrency=m.concurrency, seed=m.seed + (round_ * 10_000 + i + 1) * SEED_STRIDE,
+                     stall_timeout=m.stall_timeout, max_restarts=m.max_restarts, progress=False,
+                     shard_size=m.shard_size, backend="sim", flush_seconds=m.flush_seconds, roles=m.roles)
+                for i in range(k)]
+
+    def add(self, summary: dict) -> None:
+        self.errors += summary.get("errors", 0) + summary.get("lost", 0)
+        self.restarts += summary.get("restarts", 0) + summary.get("lost", 0)
+
+    def result(self, lost: int) -> MatchResult:
+        after = set(list_shards(self.m.out_dir))
+        result = self._count(after if self.m.resume else after - self.before)
+        result.played = self.new.battles
+        result.errors, result.restarts = self.errors, self.restarts
+        result.seconds = time.monotonic() - self.start
+        result.shards = [str(p) for p in sorted(after - self.before)]
+        return result
 
 
 def folder_name(spec: str) -> str:
@@ -345,42 +278,50 @@ def play_share(kwargs: dict) -> dict:
     return {"errors": result.errors, "restarts": result.restarts}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from agents.registry import known_agents
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--p1", required=True, help=f"agent spec ({', '.join(known_agents())}, ...)")
-    parser.add_argument("--p2", required=True, help="agent spec")
-    parser.add_argument("--format", default="gen1ou", help="Showdown format id")
-    parser.add_argument("--team-set", default="competitive", help="team set name or folder (ignored for random battles)")
-    parser.add_argument("-n", type=int, default=100,
-                        help="battles to finish (sim backend: in total in --out, counting earlier runs)")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/match", help="folder for the battle log shards")
-    parser.add_argument("--backend", choices=BACKENDS, default="sim",
-                        help="sim: Showdown's simulator over pipes (default); server: the real local server")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="sim backend: processes, each with its own simulator host (0: one per core)")
-    parser.add_argument("--flush-seconds", type=float, default=5.0,
-                        help="sim backend: finished battles reach a shard at most this long after they end")
-    parser.add_argument("--port", type=int, default=None, help="port for the server backend (default: a free one)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    server = ShowdownServer(args.port) if args.backend == "server" else None
+def run_config(cfg: MatchConfig) -> MatchResult:
+    """The match a MatchConfig names; a rerun into the same `out` resumes."""
+    server = ShowdownServer(cfg.port or None) if cfg.backend == "server" else None
     try:
-        result = Match(
-            args.p1, args.p2, battle_format=args.format, n=args.n, out_dir=args.out,
-            team_set=args.team_set, concurrency=args.concurrency, seed=args.seed,
-            server=server, progress=not args.quiet, backend=args.backend, resume=args.backend == "sim",
-            workers=args.workers or os.cpu_count() or 1, flush_seconds=args.flush_seconds,
-        ).run()
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        return Match(cfg.p1, cfg.p2, battle_format=cfg.format, n=cfg.n, out_dir=cfg.out, team_set=cfg.team_set,
+                     concurrency=cfg.concurrency, seed=cfg.seed, server=server, progress=not cfg.quiet,
+                     backend=cfg.backend, resume=True, workers=auto_workers(cfg.workers) if cfg.backend == "sim" else 1, ray=cfg.ray,
+                     flush_seconds=cfg.flush_seconds).run()
     finally:
         if server is not None:
             server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: familiar flags and `key=value` overrides, loaded as one MatchConfig."""
+    from agents.registry import known_agents
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="YAML file of MatchConfig keys")
+    parser.add_argument("--p1", help=f"agent spec ({', '.join(known_agents())}, ...)")
+    parser.add_argument("--p2", help="agent spec")
+    parser.add_argument("--format", help="Showdown format id (gen1ou)")
+    parser.add_argument("--team-set", dest="team_set", help="team set name or folder (competitive)")
+    parser.add_argument("-n", help="battles to finish in total in --out, counting earlier runs (100)")
+    parser.add_argument("--concurrency", help="battles in flight per host or server (16)")
+    parser.add_argument("--seed")
+    parser.add_argument("--out", help="folder for the battle log shards (runs/match)")
+    parser.add_argument("--backend", choices=BACKENDS, help="sim (default) or server")
+    parser.add_argument("--workers", help="sim: processes, each with its own simulator host (0: what the cores allow)")
+    parser.add_argument("--flush-seconds", dest="flush_seconds", help="seconds before a finished battle is on disk")
+    parser.add_argument("--port", help="server backend: the port (default: a free one)")
+    parser.add_argument("--quiet", action="store_const", const="true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. ray=auto")
+    args = parser.parse_args(argv)
+    flags = [f"{k}={v}" for k, v in vars(args).items() if k not in ("config", "overrides") and v is not None]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
+    try:
+        result = run_config(load_config(MatchConfig, args.config, flags + list(args.overrides)))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; finished battles are kept. Run the same command to resume.") from None
     print(json.dumps(result.summary()), flush=True)
 
 

@@ -3,7 +3,6 @@ pairings), and the results table it resumes from. See eval/tournament.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import logging
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from agents.registry import parse_spec
+from battles.config import load_config
 from battles.shards import list_shards
 from battles.teams import Team
 from eval.match import needs_teams
@@ -33,7 +32,9 @@ VARIANTS = ("x1", "x2", "y1", "y2")  # which pairing team agent A gets, and A's 
 
 @dataclass
 class TournamentConfig:
-    """One tournament: who plays, where, how much, and how faults are handled."""
+    """One tournament: who plays, where, how much, and how faults are handled. Loaded like every
+    config (battles/config.py: defaults, YAML, key=value; `agents.NAME=SPEC` adds an agent,
+    `agents.NAME=` drops one) and checked on construction."""
 
     agents: dict[str, str] = field(default_factory=dict)  # display name -> agent spec
     formats: list[str] = field(default_factory=lambda: ["gen1ou"])
@@ -41,21 +42,26 @@ class TournamentConfig:
     battles_per_pair: int = 40  # per (format, team set); a multiple of 4
     seed: int = 0
     out: str = "runs/tournament"
-    servers: int = 1
-    concurrency: int = 16  # battles in flight per server
+    backend: str = "sim"  # sim: Showdown's simulator over pipes; server: the real local server
+    servers: int = 1  # server backend: Showdown servers to run battles on
+    workers: int = 0  # sim backend: processes, each with its own simulator host (0: what the cores allow)
+    ray: str = ""  # sim backend: a Ray address (auto, ray://host:port, local) to run the workers on
+    concurrency: int = 16  # battles in flight per server or simulator host
     battle_timeout: float = 120.0  # seconds a battle may go without a decision before it is abandoned
-    start_timeout: float = 30.0  # seconds for a challenge to become a battle
+    start_timeout: float = 30.0  # seconds for a challenge to become a battle (server)
     max_attempts: int = 3  # tries per battle before it is recorded as an error
-    max_restarts: int = 10  # server restarts (per server) before the run gives up
+    max_restarts: int = 10  # server or host restarts before the run gives up
     retry_errors: bool = True  # a resumed run tries error rows again
     max_battles: int = 0  # play at most this many battles this run (0: all); resume later
     flush_every: int = 50  # results rows per shard (also flushed every 10 s)
     bootstrap: int = 1000  # bootstrap resamples for the rating intervals
     anchor: str = ""  # agent pinned at 1500 (default: the mean is 1500)
 
-    def validate(self) -> TournamentConfig:
-        """Check every key; ValueError naming the key and what to do."""
-        if len(self.agents) < 2:
+    def __post_init__(self):
+        """Check every key; ValueError naming the key and what to do. No agents at all is the
+        unfilled default (the loader starts from it); the Tournament refuses it."""
+        self.agents = {name: spec.strip() for name, spec in self.agents.items() if spec and spec.strip()}
+        if len(self.agents) == 1:
             raise ValueError(f"a tournament needs at least 2 agents, got {list(self.agents)}; "
                              "add some with agents.NAME=SPEC")
         for name, spec in self.agents.items():
@@ -70,77 +76,25 @@ class TournamentConfig:
             lo = max(4, self.battles_per_pair // 4 * 4)
             raise ValueError(f"battles_per_pair={self.battles_per_pair}: must be a positive multiple of 4 "
                              f"(each team pairing is played with both teams from both sides); try {lo} or {lo + 4}")
+        if self.backend not in ("sim", "server"):
+            raise ValueError(f"backend={self.backend!r}: pick sim or server")
         for key in ("servers", "concurrency", "max_attempts", "flush_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers} must be >= 0 (0: what the machine's cores allow)")
         for key in ("battle_timeout", "start_timeout"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be > 0 seconds")
         if self.max_battles < 0 or self.max_restarts < 0 or self.bootstrap < 0:
             raise ValueError("max_battles, max_restarts and bootstrap must be >= 0")
-        return self
+        if (self.workers > 1 or self.ray) and self.backend != "sim":
+            raise ValueError(f"workers={self.workers} ray={self.ray!r} need backend=sim (got {self.backend!r})")
 
 
-def _coerce(key: str, value, default):
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return str(value).lower() in ("true", "yes", "1", "on")
-    elif isinstance(default, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
-            return [str(v) for v in value]
-    elif isinstance(default, dict):
-        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-            return {str(k): v.strip() for k, v in value.items()}
-    elif isinstance(default, int | float) and not isinstance(value, bool):
-        try:
-            out = type(default)(value)
-            if isinstance(default, int) and float(value) != out:
-                raise ValueError
-            return out
-        except (TypeError, ValueError):
-            pass
-    elif isinstance(default, str):
-        return str(value)
-    raise ValueError(f"config key '{key}': {value!r} is not a valid {type(default).__name__}")
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TournamentConfig:
-    """Defaults, then the YAML file, then key=value overrides (agents.NAME=SPEC adds an agent)."""
-    defaults = TournamentConfig()
-    fields = {f.name for f in dataclasses.fields(TournamentConfig)}
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"tournament config {path} does not exist; see eval/configs/ for examples")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"tournament config {path} must be a mapping of keys")
-    agents = dict(data.get("agents") or {})
-    for item in overrides:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. battles_per_pair=80 "
-                             "or agents.stage1=policy:runs/stage1/final)")
-        if key.startswith("agents."):
-            name = key.removeprefix("agents.")
-            if value.strip():
-                agents[name] = value.strip()  # specs hold ':' ',' '=': never YAML-parsed
-            elif agents.pop(name, None) is None:
-                raise ValueError(f"override {item!r} drops agent {name!r}, which is not in the config")
-            continue
-        data[key] = yaml.safe_load(value) if value.strip() else ""
-    data["agents"] = agents
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"unknown tournament config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(k, v, getattr(defaults, k)) for k, v in data.items()}
-    return TournamentConfig(**kwargs).validate()
+def load_tournament_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TournamentConfig:
+    """The tournament's config through the one config path (battles/config.py)."""
+    return load_config(TournamentConfig, path, list(overrides))
 
 
 # -- the plan -------------------------------------------------------------------------

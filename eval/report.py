@@ -49,11 +49,11 @@ def _condition(row: dict) -> str:
 
 
 def rate_rows(rows: Sequence[dict], names: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
-              anchor: str | None = None) -> Ratings:
-    """Ratings of `names` from finished result rows (error rows are left out)."""
-    done = [r for r in rows if not r["error"]]
+              anchor: str | None = None, level: float = 0.95) -> Ratings:
+    """Ratings of `names` from finished result rows (error rows are left out), with `level` intervals."""
+    done = [r for r in rows if not r.get("error")]
     a, b = index_games(names, [r["agent_a"] for r in done], [r["agent_b"] for r in done])
-    return rate(names, a, b, [r["score_a"] for r in done], n_boot=n_boot, seed=seed, anchor=anchor)
+    return rate(names, a, b, [r["score_a"] for r in done], n_boot=n_boot, seed=seed, anchor=anchor, level=level)
 
 
 def _fmt(x: float, digits: int = 0) -> str:

@@ -1,28 +1,35 @@
-"""The `sim` backend's battle runner: poke-env players against each other on the simulator host.
+"""The one battle runner: the retry loop every backend shares, and the `sim` backend's runner.
 
-    runner = SimRunner("maxbp", "random", battle_format="gen1ou", teams=(t1, t2), concurrency=16,
-                       seed=0, on_record=records.append)
-    stats = await runner.play(100)
+    stats = await play_jobs([SimRunner(seed=0)], jobs, concurrency=16, on_done=outcomes.append)
+    stats = await SimRunner("maxbp", "random", battle_format="gen1ou", on_record=records.append).play(100)
+
+A plan is a list of `Job`s (agents, format, teams, a number that seeds the battle). `play_jobs`
+plays them on runners (this SimRunner, or eval/server_runner.py's ServerRunner for the real
+server), retries what failed and reports each `Outcome`; eval/play.py opens the runners and
+writes the shards, for the match and the tournament alike.
 
 Agents stay poke-env `Player`s (built by `agents.registry.make_player`, never connected to a
 server). For every battle the runner keeps one poke-env battle object per side, feeds it the
 protocol lines and requests the simulator sends that side (poke-env's public battle API:
 `parse_message`, `parse_request`, `won_by`), calls the agent's `choose_move` (awaiting it when
-it returns an awaitable, as poke-env does) and sends the order back. A finished battle goes to
-`on_record` as the dict the server's battle-end hook writes, so records are the same on both
-backends. A battle lost to a crashed host, a stall or an agent that raised is counted as an
-error and played again; a host that died is restarted; a bad format or team fails at once.
+it returns an awaitable, as poke-env does) and sends the order back. A finished battle's record
+is the dict the server's battle-end hook writes, so records are the same on both backends. A
+battle lost to a crashed host, a stall or an agent that raised fails (BattleFailed) and is played
+again; a host that died is restarted; a bad format or team fails at once (SetupError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 from poke_env.battle import Battle, DoubleBattle
@@ -68,9 +75,10 @@ def to_choice(message: str) -> str:
 
 @dataclass
 class RunStats:
-    battles: int = 0
-    errors: int = 0
-    restarts: int = 0
+    battles: int = 0  # finished
+    errors: int = 0  # failed tries, replayed ones included
+    restarts: int = 0  # hosts or servers restarted
+    failed: int = 0  # battles given up after their last try
 
 
 class _Side:
@@ -227,14 +235,95 @@ class _Game:
             side.player._battles.pop(self.tag, None)
 
 
-class SimRunner:
-    """Plays battles of `p1_spec` (side p1) against `p2_spec` on a simulator host."""
+@dataclass(frozen=True)
+class Job:
+    """One battle to play: `index` numbers it in its plan (and seeds it), `specs` are the agents on
+    p1 and p2, `teams` their packed teams (None: the agent's own team builder), `key` the plan's name, `roles`
+    each side's part in the run (recorded with the battle, e.g. ("learner", ""))."""
 
-    def __init__(self, p1_spec: str, p2_spec: str, *, battle_format: str, on_record: Callable[[dict], None],
-                 teams: tuple = (None, None), concurrency: int = 16, seed: int = 0,
-                 max_restarts: int = 10, max_errors: int = 20, stall_timeout: float = 120.0,
-                 host: SimHost | None = None):
-        self.specs = (p1_spec, p2_spec)
+    index: int
+    specs: tuple[str, str]
+    battle_format: str
+    teams: tuple[str | None, str | None] = (None, None)
+    key: str = ""
+    roles: tuple[str, str] = ("", "")  # each side's part in the run ("learner"), recorded with the battle
+
+
+class Runner(Protocol):
+    """A backend: plays one battle of a plan and returns its record (the server's battle-end JSON),
+    or raises BattleFailed (played again) or SetupError (the plan cannot be played)."""
+
+    restarts: int
+
+    async def play_one(self, job: Job, attempt: int) -> dict: ...
+
+
+@dataclass
+class Outcome:
+    """How one planned battle ended: its record, or the reason it was given up after its last try."""
+
+    job: Job
+    attempts: int
+    seconds: float  # of the last try
+    runner: int  # which runner played the last try
+    record: dict | None = None  # the server's battle-end JSON (both backends)
+    error: str = ""
+
+
+async def play_jobs(runners: Sequence[Runner], jobs: Sequence[Job], *, concurrency: int,
+                    on_done: Callable[[Outcome], None], max_attempts: int = 0, max_errors: int = 20,
+                    bar=None) -> RunStats:
+    """Play `jobs` on `runners`, `concurrency` battles in flight on each: the one retry loop of every
+    backend. A failed battle is played again, up to `max_attempts` tries (then its Outcome carries
+    the error); with `max_attempts=0` until it finishes, but more than `max_errors` failures in all
+    end the run. `on_done` gets each Outcome as it comes; a SetupError ends the run at once."""
+    queue = collections.deque(jobs)
+    stats = RunStats()
+
+    async def lane(index: int, runner: Runner) -> None:
+        while queue:
+            job, attempt = queue.popleft(), 0
+            while True:
+                t0 = time.monotonic()
+                try:
+                    record = await runner.play_one(job, attempt)
+                except BattleFailed as err:
+                    stats.errors += 1
+                    attempt += 1
+                    if max_attempts and attempt >= max_attempts:
+                        log.warning("%s; given up after %d tries", err, attempt)
+                        stats.failed += 1
+                        on_done(Outcome(job, attempt, time.monotonic() - t0, index, error=str(err)))
+                        break
+                    log.warning("%s; counted as an error and played again", err)
+                    if not max_attempts and stats.errors > max_errors:
+                        raise RuntimeError(f"gave up after {stats.errors} failed battles; last: {err}") from err
+                    continue
+                stats.battles += 1
+                on_done(Outcome(job, attempt + 1, time.monotonic() - t0, index, record))
+                break
+            if bar is not None:
+                bar.update(1)
+
+    lanes = [asyncio.create_task(lane(i, r)) for i, r in enumerate(runners) for _ in range(min(concurrency, len(queue)))]
+    try:
+        await asyncio.gather(*lanes)
+    finally:
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        stats.restarts = sum(r.restarts for r in runners)
+    return stats
+
+
+class SimRunner:
+    """Plays battles on a simulator host: `play(n)` plays `n` of `p1_spec` (side p1) against
+    `p2_spec`; `play_one(job, attempt)` plays one battle of any plan (the Runner interface)."""
+
+    def __init__(self, p1_spec: str | None = None, p2_spec: str | None = None, *, battle_format: str = "",
+                 on_record: Callable[[dict], None] | None = None, teams: tuple = (None, None),
+                 concurrency: int = 16, seed: int = 0, max_restarts: int = 10, max_errors: int = 20,
+                 stall_timeout: float = 120.0, host: SimHost | None = None):
         self.battle_format = battle_format
         self.on_record = on_record
         self.concurrency = concurrency
@@ -244,40 +333,66 @@ class SimRunner:
         self.max_restarts, self.max_errors = max_restarts, max_errors
         self.stall_timeout = stall_timeout
         self.host, self._given_host = host, host  # a given host is its owner's to close
-        self.players = [
-            make_player(spec, battle_format=battle_format, server_configuration=LocalhostServerConfiguration,
-                        team=team, max_concurrent_battles=concurrency, start_listening=False)
-            for spec, team in zip(self.specs, teams)
-        ]
-        self.stats = RunStats()
+        self.restarts = 0
+        self._players: dict[tuple[str, str, str], Player] = {}  # (spec, side, format) -> its player
+        self.specs = (p1_spec, p2_spec)
+        self.players = [self._player(spec, side, battle_format, team)
+                        for spec, side, team in zip(self.specs, ("p1", "p2"), teams) if spec is not None]
         self._count = 0
         self._host_lock = asyncio.Lock()
         self.last_error: str = ""
+
+    def _player(self, spec: str, side: str, battle_format: str, team=None) -> Player:
+        key = (spec, side, battle_format)
+        if key not in self._players:
+            try:
+                self._players[key] = make_player(
+                    spec, battle_format=battle_format, server_configuration=LocalhostServerConfiguration,
+                    team=team, max_concurrent_battles=self.concurrency, start_listening=False)
+            except Exception as err:
+                raise SetupError(f"agent {spec!r} could not be built for {battle_format}: {err}") from err
+        return self._players[key]
 
     async def _ensure_host(self, dead: SimHost | None = None) -> SimHost:
         async with self._host_lock:
             if self.host is None:
                 self.host = await SimHost().start()
             elif self.host is dead or not self.host.is_alive():
-                if self.stats.restarts >= self.max_restarts:
-                    raise RuntimeError(f"gave up after {self.stats.restarts} simulator host restarts; "
+                if self.restarts >= self.max_restarts:
+                    raise RuntimeError(f"gave up after {self.restarts} simulator host restarts; "
                                        f"last error: {self.last_error}")
                 log.warning("simulator host died; restarting it and replaying its battles")
                 await self.host.close()
                 self.host = await SimHost(self.host.ps_dir).start()
-                self.stats.restarts += 1
+                self.restarts += 1
             return self.host
 
-    async def _play_one(self, index: int, attempt: int) -> dict:
+    async def play_one(self, job: Job, attempt: int) -> dict:
         host = await self._ensure_host()
+        try:
+            return await self._play_on(host, job, attempt)
+        except SetupError as err:
+            raise SetupError(f"{job.battle_format}: {err}") from None
+        except BattleFailed as err:
+            self.last_error = str(err)
+            if not host.is_alive():
+                await self._ensure_host(dead=host)
+            raise
+
+    async def _play_on(self, host: SimHost, job: Job, attempt: int) -> dict:
+        players = [self._player(spec, side, job.battle_format) for spec, side in zip(job.specs, ("p1", "p2"))]
         self._count += 1
-        battle_id = f"{self.battle_format}-{self.token}-{self._count}"
-        game = _Game(host, battle_id, list(zip(self.players, self.specs)))
+        battle_id = f"{job.battle_format}-{self.token}-{self._count}"
+        game = _Game(host, battle_id, list(zip(players, job.specs)))
+        teams = [team if team is not None else p.next_team for team, p in zip(job.teams, players)]
+        for side, team in zip(game.sides.values(), job.teams):
+            if team is not None:  # the planned team, as the player's own builder would show it
+                side.battle.teampreview_team = [Pokemon(gen=side.battle.gen, teambuilder=m)
+                                                for m in ConstantTeambuilder(team).team]
         try:
             try:
-                host.start_battle(battle_id, self.battle_format,
-                                  [(p.username, p.next_team) for p in self.players],
-                                  battle_seed(self.seed, index, attempt), game)
+                host.start_battle(battle_id, job.battle_format, [(p.username, t) for p, t in zip(players, teams)],
+                                  battle_seed(self.seed, job.index, attempt), game)
             except SimHostError as err:
                 raise BattleFailed(f"battle {game.tag} could not start: {err}") from err
             seen = -1
@@ -291,43 +406,11 @@ class SimRunner:
         finally:
             game.close()
 
-    async def _lane(self, queue: list[int], bar) -> None:
-        while queue:
-            index = queue.pop(0)
-            attempt = 0
-            while True:
-                host = self.host
-                try:
-                    record = await self._play_one(index, attempt)
-                except SetupError as err:
-                    raise SetupError(f"{self.battle_format}: {err}") from None
-                except BattleFailed as err:
-                    self.stats.errors += 1
-                    self.last_error = str(err)
-                    log.warning("%s; counted as an error and played again", err)
-                    if self.stats.errors > self.max_errors:
-                        raise RuntimeError(f"gave up after {self.stats.errors} failed battles; last: {err}") from err
-                    if host is not None and not host.is_alive():
-                        await self._ensure_host(dead=host)
-                    attempt += 1
-                    continue
-                self.on_record(record)
-                self.stats.battles += 1
-                if bar is not None:
-                    bar.update(1)
-                break
-
     async def play(self, n: int, bar=None) -> RunStats:
-        """Play `n` battles to the end (replaying the failed ones); the host stays up."""
-        queue = list(range(n))
-        lanes = [asyncio.create_task(self._lane(queue, bar)) for _ in range(min(self.concurrency, n))]
-        try:
-            await asyncio.gather(*lanes)
-        finally:
-            for lane in lanes:
-                lane.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
-        return self.stats
+        """Play `n` battles of the runner's pair to the end (replaying the failed ones); the host stays up."""
+        jobs = [Job(i, self.specs, self.battle_format) for i in range(n)]
+        return await play_jobs([self], jobs, concurrency=self.concurrency, max_errors=self.max_errors, bar=bar,
+                               on_done=lambda outcome: self.on_record(outcome.record))
 
     async def close(self) -> None:
         """Close the host this runner started (a host it was given stays up)."""

@@ -20,7 +20,7 @@ import psutil
 
 from battles.server import ShowdownServer
 from eval.match import Match
-from eval.tournament import Tournament, load_config
+from eval.tournament import Tournament, load_tournament_config
 
 ROSTER = ["random", "maxbp", "heuristic", "bestdamage", "tactician"]
 
@@ -56,9 +56,9 @@ def main() -> None:
             Match("random", "random", battle_format=args.format, team_set="competitive", n=args.warmup,
                   out_dir=f"{tmp}/warmup", concurrency=16, server=server, progress=False).run()
         for k in (1, 2):
-            cfg = load_config(None, [f"agents.{a}={a}" for a in args.agents] + [
+            cfg = load_tournament_config(None, [f"agents.{a}={a}" for a in args.agents] + [
                 f"out={tmp}/servers{k}", f"formats=[{args.format}]", f"battles_per_pair={args.battles_per_pair}",
-                f"concurrency={args.concurrency}", f"servers={k}", "bootstrap=0"])
+                f"concurrency={args.concurrency}", f"servers={k}", "bootstrap=0", "backend=server"])
             node0, py0 = node_cpu(servers), python_cpu()
             start = time.monotonic()
             summary = Tournament(cfg, servers=servers[:k], progress=False).run()

@@ -56,8 +56,8 @@ def test_server_killed_mid_match_still_finishes(tmp_path):
         def kill_after_some():
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                # Finished battles stay in the server's folder until the match stores them.
-                if len(list(server.battle_dir.glob("*.json"))) >= 4:
+                # Every finished battle reaches a shard at once (flush_seconds=0).
+                if list(tmp_path.glob("*.parquet")) and count_battles(tmp_path) >= 4:
                     os.killpg(server.pid, signal.SIGKILL)
                     return
                 time.sleep(0.05)
@@ -65,7 +65,8 @@ def test_server_killed_mid_match_still_finishes(tmp_path):
         killer = threading.Thread(target=kill_after_some, daemon=True)
         killer.start()
         match = Match("maxbp", "random", battle_format="gen1ou", team_set="competitive", n=n,
-                      out_dir=tmp_path, concurrency=8, server=server, progress=False, stall_timeout=60)
+                      out_dir=tmp_path, concurrency=8, server=server, progress=False, stall_timeout=60,
+                      flush_seconds=0)
         result = match.run()
         killer.join(timeout=1)
     assert result.restarts >= 1

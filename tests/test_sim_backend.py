@@ -149,7 +149,7 @@ def test_an_agent_that_raises_is_named_and_its_battle_replayed(tmp_path, monkeyp
 def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp_path):
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "eval.match", "--p1", "maxbp", "--p2", "random", "--format", "gen1ou",
-           "--team-set", "competitive", "-n", "120", "--concurrency", "2", "--out", str(out), "--quiet",
+           "--team-set", "competitive", "-n", "60", "--concurrency", "2", "--out", str(out), "--quiet",
            "--flush-seconds", "0"]  # every battle reaches disk as it ends
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     hosts = []
@@ -170,14 +170,14 @@ def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp
     psutil.wait_procs(hosts, timeout=30)
     assert not any(h.is_running() and h.status() != psutil.STATUS_ZOMBIE for h in hosts), "host outlived its owner"
     kept = count_battles(out)
-    assert 1 <= kept < 120
+    assert 1 <= kept < 60
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert summary["battles"] == 120 == count_battles(out)
-    assert len({r.id for r in read_battle_logs(out)}) == 120
+    assert summary["battles"] == 60 == count_battles(out)
+    assert len({r.id for r in read_battle_logs(out)}) == 60
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # nothing left to play
-    assert again.returncode == 0 and count_battles(out) == 120
+    assert again.returncode == 0 and count_battles(out) == 60
 
 
 def test_killed_worker_is_replaced_and_the_run_ends_at_exactly_n(tmp_path):

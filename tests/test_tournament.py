@@ -18,19 +18,20 @@ from poke_env.player import Player
 
 from agents import registry
 from battles.logs import read_battle_logs
+from battles.protocol import to_id
 from battles.server import ShowdownServer
 from battles.shards import list_shards
 from battles.teams import Team
-from eval.tournament import (
+from eval.plan import (
     PlannedBattle,
-    Tournament,
     check_specs,
     latest_outcomes,
-    load_config,
+    load_tournament_config,
     pending_battles,
     plan_battles,
     read_results,
 )
+from eval.tournament import Tournament
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def fake_teams(n: int, fmt: str = "gen1ou") -> list[Team]:
 
 def config(tmp_path, agents=("random", "maxbp", "bestdamage"), **kw):
     overrides = [f"agents.{a}={a}" for a in agents] + [f"out={tmp_path}"] + [f"{k}={v}" for k, v in kw.items()]
-    return load_config(None, overrides)
+    return load_tournament_config(None, overrides)
 
 
 def fake_row(pb: PlannedBattle, error: str = "", spec=None) -> dict:
@@ -55,7 +56,7 @@ def fake_row(pb: PlannedBattle, error: str = "", spec=None) -> dict:
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("out: x\nformats: [gen1ou, gen9ou]\nbattles_per_pair: 8\nagents:\n  random: random\n  maxbp: maxbp\n")
-    cfg = load_config(path, ["battles_per_pair=12", "agents.pol=bestdamage", "agents.random=",
+    cfg = load_tournament_config(path, ["battles_per_pair=12", "agents.pol=bestdamage", "agents.random=",
                              "servers=2", "team_sets=competitive,other", "retry_errors=false"])
     assert cfg.agents == {"maxbp": "maxbp", "pol": "bestdamage"}
     assert cfg.battles_per_pair == 12 and cfg.servers == 2 and cfg.retry_errors is False
@@ -66,40 +67,55 @@ def test_config_file_and_overrides(tmp_path):
     ("battles_per_pair=10", "multiple of 4"),
     ("agents.x=nosuchkind", "unknown agent kind"),
     ("agents.bad/name=random", "agent name"),
-    ("colour=blue", "unknown tournament config key"),
+    ("colour=blue", "unknown config key"),
+    ("backend=cloud", "backend"),
+    ("workers=2 backend=server", "need backend=sim"),
     ("servers=0", "servers"),
     ("concurrency=many", "concurrency"),
-    ("agents.ghost=", "not in the config"),
     ("anchor=nobody", "anchor"),
     ("novalue", "key=value"),
 ])
 def test_config_errors_name_the_input(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        load_config(None, ["agents.a=random", "agents.b=maxbp", override])
+        load_tournament_config(None, ["agents.a=random", "agents.b=maxbp", *override.split(" ")])
 
 
 def test_config_needs_two_agents_and_an_existing_file(tmp_path):
     with pytest.raises(ValueError, match="at least 2 agents"):
-        load_config(None, ["agents.a=random"])
+        load_tournament_config(None, ["agents.a=random"])
     with pytest.raises(ValueError, match="does not exist"):
-        load_config(tmp_path / "missing.yaml")
+        load_tournament_config(tmp_path / "missing.yaml")
 
 
 def test_default_config_has_every_registered_heuristic_and_the_search_bot():
-    cfg = load_config(REPO / "eval" / "configs" / "default.yaml")
+    cfg = load_tournament_config(REPO / "eval" / "configs" / "default.yaml")
     kinds = {registry.parse_spec(spec).kind for spec in cfg.agents.values()}
     # the heuristics: every kind that needs no parameters (policy needs a checkpoint)
     assert kinds == {k for k in registry.known_agents() if not registry.AGENTS[k].params} | {"search"}
     assert cfg.formats == ["gen1ou", "gen9ou"] and cfg.team_sets == ["competitive"]
-    cfg = load_config(REPO / "eval" / "configs" / "default.yaml", ["agents.s1=tactician", "formats=[gen1ou]"])
+    cfg = load_tournament_config(REPO / "eval" / "configs" / "default.yaml", ["agents.s1=tactician", "formats=[gen1ou]"])
     assert cfg.agents["s1"] == "tactician" and cfg.formats == ["gen1ou"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "eval" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_names_known_agents(path):
-    cfg = load_config(path)
+    cfg = load_tournament_config(path)
     assert len(cfg.agents) >= 2 and all(registry.parse_spec(spec) for spec in cfg.agents.values())
     assert cfg.battles_per_pair % 4 == 0
+
+
+def test_the_match_command_loads_through_the_same_config_path(tmp_path):
+    from battles.config import load_config
+    from eval.match import MatchConfig
+
+    path = tmp_path / "m.yaml"
+    path.write_text("p1: maxbp\np2: random\nn: 40\n")
+    cfg = load_config(MatchConfig, path, ["n=12", "ray=auto", "quiet=true"])
+    assert (cfg.p1, cfg.n, cfg.ray, cfg.quiet, cfg.backend) == ("maxbp", 12, "auto", True, "sim")
+    for override, message in (("n=0", "n=0"), ("backend=cloud", "backend"), ("p1=nosuchkind", "unknown agent kind"),
+                              ("colour=red", "unknown config key")):
+        with pytest.raises(ValueError, match=message):
+            load_config(MatchConfig, None, [override])
 
 
 # -- the plan -------------------------------------------------------------------------
@@ -257,7 +273,7 @@ def test_killed_tournament_resumes_to_exactly_the_plan(tmp_path, showdown):
     done_before = len(finished_keys(out))
     assert 8 <= done_before < 48
 
-    cfg = load_config(REPO / "eval" / "configs" / "smoke.yaml", overrides)
+    cfg = load_tournament_config(REPO / "eval" / "configs" / "smoke.yaml", overrides)
     summary = Tournament(cfg, servers=[showdown], progress=False).run()
     assert summary.done_before == done_before and summary.played == 48 - done_before
     keys = finished_keys(out)
@@ -282,12 +298,12 @@ def _real_teams():
 @pytest.mark.server
 def test_stopped_run_resumes_and_a_new_agent_plays_only_its_pairs(tmp_path, showdown):
     base = [f"out={tmp_path}", "agents.random=random", "agents.maxbp=maxbp", "battles_per_pair=8"]
-    first = Tournament(load_config(None, [*base, "max_battles=5"]), servers=[showdown], progress=False).run()
+    first = Tournament(load_tournament_config(None, [*base, "max_battles=5"]), servers=[showdown], progress=False).run()
     assert (first.todo, first.played, first.finished) == (8, 5, 5)
-    second = Tournament(load_config(None, base), servers=[showdown], progress=False).run()
+    second = Tournament(load_tournament_config(None, base), servers=[showdown], progress=False).run()
     assert (second.done_before, second.played, second.finished) == (5, 3, 8)
     before = {r["key"] for r in read_results(tmp_path)}
-    grown = Tournament(load_config(None, [*base, "agents.bestdamage=bestdamage"]), servers=[showdown],
+    grown = Tournament(load_tournament_config(None, [*base, "agents.bestdamage=bestdamage"]), servers=[showdown],
                        progress=False).run()
     assert (grown.planned, grown.done_before, grown.played) == (24, 8, 16)
     rows = read_results(tmp_path)
@@ -316,7 +332,7 @@ class _Staller(Player):
 def test_faulty_agents_become_errors_never_wins(tmp_path, showdown, monkeypatch):
     for kind, cls in (("raiser", _Raiser), ("staller", _Staller)):
         monkeypatch.setitem(registry.AGENTS, kind, registry.AgentKind(lambda spec, _c=cls, **kw: _c(**kw), (), kind))
-    cfg = load_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.raiser=raiser",
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.raiser=raiser",
                              "agents.staller=staller", "battles_per_pair=4", "max_attempts=2",
                              "battle_timeout=4", "bootstrap=50"])
     # The session server is shared: other tests' raw battles may already sit in its folder.
@@ -333,7 +349,7 @@ def test_faulty_agents_become_errors_never_wins(tmp_path, showdown, monkeypatch)
     report = write_report(rows, list(cfg.agents), tmp_path / "report", n_boot=20)
     assert "12 battles could not be finished" in report.files["report"].read_text()
     # The forfeited battles left the server clean: a normal tournament still runs on it.
-    ok = Tournament(load_config(None, [f"out={tmp_path / 'ok'}", "agents.a=maxbp", "agents.b=random",
+    ok = Tournament(load_tournament_config(None, [f"out={tmp_path / 'ok'}", "agents.a=maxbp", "agents.b=random",
                                        "battles_per_pair=4"]), servers=[showdown], progress=False).run()
     assert ok.finished == 4 and ok.faults == 0
     assert set(showdown.battle_dir.glob("*.json")) <= before  # every battle of ours was consumed
@@ -341,7 +357,7 @@ def test_faulty_agents_become_errors_never_wins(tmp_path, showdown, monkeypatch)
 
 @pytest.mark.server
 def test_server_killed_mid_tournament_is_restarted_and_battles_replayed(tmp_path):
-    cfg = load_config(None, [f"out={tmp_path}", "agents.random=random", "agents.maxbp=maxbp",
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.random=random", "agents.maxbp=maxbp",
                              "agents.bestdamage=bestdamage", "battles_per_pair=8", "flush_every=2",
                              "concurrency=6", "max_attempts=6"])  # a restart on a loaded machine is slow
     with ShowdownServer() as server:
@@ -374,7 +390,7 @@ class _Slow(Player):
 @pytest.mark.server
 def test_a_slow_agent_is_not_a_stalled_battle(tmp_path, showdown, monkeypatch):
     monkeypatch.setitem(registry.AGENTS, "slow", registry.AgentKind(lambda spec, **kw: _Slow(**kw), (), "slow"))
-    cfg = load_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.slow=slow", "battles_per_pair=4",
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.slow=slow", "battles_per_pair=4",
                              "max_attempts=1", "battle_timeout=2", "bootstrap=50"])
     summary = Tournament(cfg, servers=[showdown], progress=False).run()
     rows = read_results(tmp_path)
@@ -382,29 +398,54 @@ def test_a_slow_agent_is_not_a_stalled_battle(tmp_path, showdown, monkeypatch):
     assert max(r["seconds"] for r in rows) > 2  # longer than the timeout, yet never abandoned
 
 
-def test_a_cancelled_flush_finishes_its_write_before_the_next_one(tmp_path):
-    """The run's last flush must not write while the cancelled flusher's write goes on in its thread."""
-    t = Tournament(config(tmp_path))
-    active, order = [], []
+def test_the_recorder_writes_rows_once_enough_wait_and_no_empty_shard(tmp_path):
+    from eval.plan import RESULTS_SCHEMA
+    from eval.play import Recorder
 
-    def slow_write(rows, records):
-        active.append(1)
-        assert len(active) == 1, "two shard writes at once"
-        time.sleep(0.3)
-        order.append(rows[0]["n"])
-        active.pop()
+    rec = Recorder(tmp_path / "logs", "battles-x", results=tmp_path / "results", schema=RESULTS_SCHEMA,
+                   every=2, seconds=1e9)
+    row = {name: None for name in RESULTS_SCHEMA.names} | {"key": "k", "error": "timed out"}
+    rec.add(None, row)
+    assert not (tmp_path / "results").exists()  # one row pending, below `every`
+    rec.add(None, {**row, "key": "k2"})
+    assert [r["key"] for r in read_results(tmp_path)] == ["k", "k2"]
+    rec.flush()  # nothing pending: no empty shard
+    assert len(list_shards(tmp_path / "results")) == 1 and not list(tmp_path.rglob("*.tmp"))
 
-    t._write = slow_write
 
-    async def run():
-        t._flush_lock, t._writing, t._last_flush = asyncio.Lock(), None, 0.0
-        t._rows, t._records = [{"n": 1}], []
-        first = asyncio.create_task(t._flush())
-        await asyncio.sleep(0.05)
-        first.cancel()  # as the run's end cancels the flusher mid-write
-        await asyncio.gather(first, return_exceptions=True)
-        t._rows = [{"n": 2}]
-        await t._flush()
+@pytest.mark.server
+def test_tournament_on_the_sim_backend_plays_the_plan_and_resumes(tmp_path):
+    """The default backend: real battles on the simulator host, planned teams and sides kept."""
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.random=random",
+                                        "battles_per_pair=4", "max_battles=2", "concurrency=4", "flush_every=1"])
+    first = Tournament(cfg, progress=False).run()
+    assert (first.played, first.errors, first.finished) == (2, 0, 2)
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.random=random",
+                                        "battles_per_pair=4", "concurrency=4"])
+    second = Tournament(cfg, progress=False).run()
+    assert (second.done_before, second.played, second.finished) == (2, 2, 4)
+    rows = read_results(tmp_path)
+    assert len(rows) == 4 == len({r["key"] for r in rows})
+    logs = {rec.id: rec for rec in read_battle_logs(tmp_path / "logs")}
+    teams = {t.name: t for t in _real_teams()}
+    for r in rows:
+        rec = logs[r["battle_id"]]
+        assert rec.specs == {"p1": r["p1_agent"], "p2": r["p2_agent"]} and r["turns"] == rec.turns > 0
+        p1_team = r["team_a"] if r["p1_agent"] == r["agent_a"] else r["team_b"]
+        assert tuple(to_id(m["species"]) for m in rec.teams["p1"]) == teams[p1_team].species
+        assert r["winner"] == {"p1": r["p1_agent"], "p2": r["p2_agent"], "": ""}[rec.winner]
 
-    asyncio.run(run())
-    assert order == [1, 2]
+
+@pytest.mark.server
+def test_an_agent_that_raises_on_the_sim_backend_becomes_error_rows(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.AGENTS, "raiser", registry.AgentKind(lambda spec, **kw: _Raiser(**kw), (), "raiser"))
+    cfg = load_tournament_config(None, [f"out={tmp_path}", "agents.maxbp=maxbp", "agents.raiser=raiser",
+                                        "battles_per_pair=4", "max_attempts=2", "bootstrap=20"])
+    summary = Tournament(cfg, progress=False).run()
+    rows = read_results(tmp_path)
+    assert len(rows) == 4 == summary.errors == summary.error_rows and summary.played == 0 and summary.faults == 8
+    for r in rows:
+        assert r["winner"] is None and r["score_a"] is None and r["attempts"] == 2
+        assert "agent 'raiser'" in r["error"] and "raised RuntimeError('deliberate failure')" in r["error"]
+    again = Tournament(cfg, progress=False).run()  # error rows are tried again, and fail again
+    assert again.todo == 4 and again.errors == 4 and len(read_results(tmp_path)) == 8
