@@ -1,7 +1,7 @@
 """Data-mix ablation: one preset trained on several mixes of trajectory sources at an equal
 budget (the same optimizer steps and decisions seen), then one tournament and a table.
 
-    python -m curriculum.ablate --config curriculum/configs/ablate_gen1ou.yaml [key=value ...]
+    python -m curriculum.ablate_data_mix --config curriculum/configs/ablate_gen1ou.yaml [key=value ...]
     scripts/ablate_data_mix.sh curriculum/configs/ablate_gen1ou.yaml seeds=[0,1] eval.battles_per_pair=80
 
 Phases; running the same command again continues where it stopped, redoing nothing finished:
@@ -17,10 +17,13 @@ Phases; running the same command again continues where it stopped, redoing nothi
                 smaller than its share repeats epochs, and the plan and the table say so. Mix
                 weights are shares of windows drawn, as in battles.dataset.DataMix.
   3 tournament  members (policy:OUT/members/M/final) and `eval.references`, round-robin on every
-                `eval.team_sets` (eval/tournament.py, resumable); report in OUT/tournament/report/.
+                `eval.team_sets` (curriculum/comparison.py, resumable); report in OUT/tournament/report/.
   4 table       rating by mix per team set with 95% bootstrap intervals (seeds pooled; per member
                 too with several seeds), budget and data: OUT/report/ablation.{md,csv,json},
                 ratings_by_mix.png. Always redrawn from the results.
+
+Battles (the sources' matches, the tournament) are played on Showdown's simulator, or on the
+server `run` is given.
 """
 
 from __future__ import annotations
@@ -36,24 +39,33 @@ import torch
 
 from agents.registry import parse_spec
 from battles.build import build
+from battles.config import check_same_run, from_dict, recipe_main, save_config, to_dict
 from battles.dataset import Filters
 from battles.encode import ObservationEncoder
+from battles.files import write_atomic, write_json
 from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import shard_stats
 from curriculum.batches import DecisionBatches, counted
-from battles.config import flatten, from_dict, load_config, recipe_main, save_config, to_dict
+from curriculum.comparison import (
+    EvalConfig,
+    play,
+    plot_by_condition,
+    rate_by_team_set,
+    ratings_table,
+    separations,
+    team_set_shifts,
+)
 from curriculum.imitation import (
     PretrainConfig,
     build_model,
     checkpoint_saver,
     data_filters,
     imitation_loss,
-    set_threads,
     training_mix,
     validation_batches,
 )
-from curriculum.phases import ServerOnDemand, write_json
+from curriculum.promotion import TournamentResult
 from curriculum.run_folder import owns_run_folder
 from curriculum.trainer import Trainer, make_accelerator, state_steps
 
@@ -86,23 +98,9 @@ class BudgetConfig:
 
 
 @dataclass
-class EvalConfig:
-    """The tournament of every member and the references."""
-
-    team_sets: list[str] = field(default_factory=lambda: ["competitive", "replay", "variety"])
-    references: dict[str, str] = field(default_factory=lambda: {
-        "tactician": "tactician", "bestdamage": "bestdamage", "maxbp": "maxbp"})
-    battles_per_pair: int = 40  # per team set; a multiple of 4
-    anchor: str = "tactician"  # pinned at 1500 in every condition ("" : the mean is 1500)
-    policy_params: str = ""  # appended to policy:PATH, e.g. temperature=0.5
-    concurrency: int = 16
-    bootstrap: int = 1000
-    seed: int = 0
-    max_battles: int = 0  # >0: play at most this many battles per invocation
-
-
-@dataclass
 class AblateConfig:
+    """The grid: sources, mixes of them, seeds, the budget, the recipe members share, the tournament."""
+
     out: str = "runs/ablate"
     format: str = "gen1ou"
     sources: dict[str, SourceConfig] = field(default_factory=dict)
@@ -112,16 +110,15 @@ class AblateConfig:
     # The recipe every member shares; run_dir, data, mix, formats, trainer.max_steps and
     # trainer.seed are set per member.
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(
+        team_sets=["competitive", "replay", "variety"], anchor="tactician"))
     concurrency: int = 16  # battles in flight while making data
     stop_after: str = ""  # data | train
 
-    def validate(self) -> AblateConfig:
-        """Check the grid; ValueError naming the key and what to do."""
+    def __post_init__(self) -> None:
+        """Check the grid (an empty one is refused when run); ValueError naming the key."""
         if self.stop_after not in STOPS:
             raise ValueError(f"stop_after={self.stop_after!r}: use one of {', '.join(repr(s) for s in STOPS)}")
-        if not self.sources:
-            raise ValueError("sources is empty: name at least one source (matches, logs or trajectories)")
         for name, src in self.sources.items():
             kinds = [k for k in ("matches", "logs", "trajectories") if getattr(src, k)]
             if not _NAME.fullmatch(name) or len(kinds) != 1:
@@ -131,8 +128,6 @@ class AblateConfig:
                 raise ValueError(f"sources.{name}: matches must be [p1, p2] spec pairs and battles (per pair) >= 1")
             for spec in (s for pair in src.matches for s in pair):
                 parse_spec(spec)
-        if not self.mixes:
-            raise ValueError("mixes is empty: give at least one mix of source weights")
         for mix, weights in self.mixes.items():
             unknown = sorted(set(weights) - set(self.sources))
             if unknown:
@@ -146,14 +141,10 @@ class AblateConfig:
         if self.budget.steps < 1 or self.budget.decisions_per_step < 1:
             raise ValueError(f"budget {to_dict(self.budget)}: steps and decisions_per_step must be >= 1")
         clash = sorted(set(self.eval.references) & set(self.mixes))
-        if clash or any(not _NAME.fullmatch(r) for r in self.eval.references):
-            raise ValueError(f"eval.references {sorted(self.eval.references)}: plain names, none a mix name {clash}")
-        for spec in self.eval.references.values():
-            parse_spec(spec)
-        if self.eval.anchor and self.eval.anchor not in self.eval.references:
-            raise ValueError(f"eval.anchor={self.eval.anchor!r} is not one of eval.references "
-                             f"{sorted(self.eval.references)}; name one or set eval.anchor=''")
-        return self
+        if clash:
+            raise ValueError(f"eval.references {sorted(self.eval.references)}: none may be a mix name {clash}")
+        if not self.eval.team_sets:
+            raise ValueError("eval.team_sets is empty: name the team sets the members play on, e.g. [competitive]")
 
     def members(self) -> dict[str, tuple[str, int]]:
         """Member name -> (mix, seed), in grid order."""
@@ -179,7 +170,7 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_")[-40:]  # a path's end tells checkpoints apart
 
 
-def make_source(cfg: AblateConfig, name: str, get_server) -> dict:
+def make_source(cfg: AblateConfig, name: str, server=None) -> dict:
     """Make (or find made) one source's trajectories; returns its made.json record."""
     src = cfg.sources[name]
     folder = Path(cfg.out) / "data" / name
@@ -212,7 +203,7 @@ def make_source(cfg: AblateConfig, name: str, get_server) -> dict:
                     print(f"data: {name}: {a} vs {b}, {src.battles - have} battles to play", flush=True)
                     result = Match(a, b, battle_format=cfg.format, team_set=src.team_set, n=src.battles - have,
                                    out_dir=pair_dir, concurrency=cfg.concurrency, seed=src.seed + 1000 * i + have,
-                                   server=get_server()).run()
+                                   server=server).run()
                     summary[f"{a} vs {b}"] = result.summary()
             logs = [folder / "battles"]
         else:
@@ -225,7 +216,7 @@ def make_source(cfg: AblateConfig, name: str, get_server) -> dict:
         raise ValueError(f"source {name!r}: no trajectories labelled {name!r} in {source_dir(cfg, name)} "
                          f"(labels there: {labels or 'none'}); check its inputs, or name the source after a label")
     record = {"source": name, "recipe": recipe, "stats": stats, "summary": summary}
-    write_json(record, made)
+    write_json(made, record)
     return record
 
 
@@ -258,12 +249,11 @@ def expected_epochs(weights: dict[str, float], sizes: dict[str, dict], total_dec
 
 # -- phase 2: train ----------------------------------------------------------------------------
 def train_member(pre: PretrainConfig, decisions_per_step: int):
-    """pretrain.run with DecisionBatches for data; returns (TrainResult, data, counted loss)."""
+    """Stage 0's imitation training (curriculum/imitation.py) fed DecisionBatches; (TrainResult, data, counted loss)."""
     run_dir = Path(pre.run_dir)
     accelerator = make_accelerator(pre.trainer)
     if accelerator.num_processes != 1:
         raise ValueError("ablation members train in one process; run the grid without torchrun/accelerate")
-    set_threads(pre.threads)
     encoder = ObservationEncoder()
     data = DecisionBatches(training_mix(pre, encoder), decisions_per_step)
     val = validation_batches(pre, encoder)
@@ -281,14 +271,8 @@ def train_member(pre: PretrainConfig, decisions_per_step: int):
 def check_member(name: str, pre: PretrainConfig, budget: dict) -> dict | None:
     """The member's ablate.json, if any; ValueError if its folder was made for another recipe."""
     run_dir = Path(pre.run_dir)
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        old = flatten(to_dict(load_config(PretrainConfig, saved, [])), keep=("mix",))
-        new = flatten(to_dict(pre), keep=("mix",))
-        diff = sorted(k for k in new if k not in _MUTABLE and old.get(k) != new[k])
-        if diff:
-            raise ValueError(f"member {name} in {run_dir} was trained with other settings ({', '.join(diff)}); "
-                             f"delete {run_dir} to retrain it, or use another out=")
+    check_same_run(pre, run_dir, _MUTABLE, keep=("mix",), what=f"member {name} in {run_dir}",
+                   fix=f"delete {run_dir} to retrain it, or use another out=")
     path = run_dir / "ablate.json"
     record = json.loads(path.read_text()) if path.exists() else None
     if record and record["budget"] != budget:
@@ -317,8 +301,8 @@ def run_member(cfg: AblateConfig, name: str, sizes: dict) -> dict:
     if record and record.get("finished") and (run_dir / "final").is_dir():
         print(f"train: {name} done before, skipped", flush=True)
         return record
-    write_json({"member": name, "mix": mix, "seed": seed, "weights": pre.mix, "budget": budget,
-                  "finished": False}, run_dir / "ablate.json")
+    write_json(run_dir / "ablate.json", {"member": name, "mix": mix, "seed": seed, "weights": pre.mix,
+                                         "budget": budget, "finished": False})
     print(f"train: {name} ({pre.mix}), {budget['steps']} steps x {budget['decisions_per_step']} decisions", flush=True)
     result, data, loss = train_member(pre, cfg.budget.decisions_per_step)
     if not result.finished:
@@ -343,100 +327,13 @@ def run_member(cfg: AblateConfig, name: str, sizes: dict) -> dict:
               "repeats": sorted(s for s, e in epochs.items() if e > 1.0),
               **last_losses(run_dir),
               "checkpoint": str(result.final_checkpoint), "checked": True, "finished": True}
-    write_json(record, run_dir / "ablate.json")
+    write_json(run_dir / "ablate.json", record)
     print(f"train: {name} done: {recorded['steps']} steps, {recorded['decisions']} decisions (budget met); "
           f"epochs {record['epochs']}", flush=True)
     return record
 
 
-# -- phases 3 and 4: tournament and table -------------------------------------------------------
-def tournament_config(cfg: AblateConfig):
-    """The round-robin of every member and reference on every team set."""
-    from eval.plan import TournamentConfig
-
-    e = cfg.eval
-    extra = f",{e.policy_params}" if e.policy_params else ""
-    agents = {name: f"policy:{Path(cfg.out) / 'members' / name / 'final'}{extra}" for name in cfg.members()}
-    agents.update(e.references)
-    return TournamentConfig(agents=agents, formats=[cfg.format], team_sets=list(e.team_sets),
-                            battles_per_pair=e.battles_per_pair, seed=e.seed, out=str(Path(cfg.out) / "tournament"),
-                            concurrency=e.concurrency, bootstrap=e.bootstrap, anchor=e.anchor,
-                            max_battles=e.max_battles).validate()
-
-
-def play_tournament(cfg: AblateConfig, server=None) -> tuple[list[dict], dict]:
-    """Play what is left of the tournament, write its report; (planned result rows, summary)."""
-    from eval.plan import latest_outcomes
-    from eval.report import write_report
-    from eval.tournament import Tournament
-
-    tcfg = tournament_config(cfg)
-    tournament = Tournament(tcfg, servers=[server] if server is not None else None)
-    summary = tournament.run()
-    plan, rows, _ = tournament.prepare()
-    outcomes = latest_outcomes(rows)
-    planned = [outcomes[p.key] for p in plan if p.key in outcomes]
-    print(f"tournament: {summary.played} battles played now, {summary.finished}/{summary.planned} finished, "
-          f"{summary.error_rows} errors", flush=True)
-    write_report(planned, list(tcfg.agents), Path(tcfg.out) / "report", n_boot=tcfg.bootstrap, seed=tcfg.seed,
-                 anchor=tcfg.anchor or None, title=f"Data-mix ablation {cfg.out}")
-    return planned, summary.to_dict()
-
-
-def rate_by_team_set(rows: list[dict], label: dict[str, str], names: list[str], team_sets: list[str],
-                     **kw) -> dict:
-    """Ratings of `names` on each team set and on all ('all'), agents renamed by `label`.
-
-    Games inside one label (two seeds of one mix) say nothing about it and are left out; the
-    bootstrap resamples battles, so pooled seeds show battle noise, not seed-to-seed spread.
-    """
-    from eval.report import rate_rows
-
-    kept = [{**r, "agent_a": a, "agent_b": b} for r in rows if not r["error"]
-            for a, b in [(label.get(r["agent_a"], r["agent_a"]), label.get(r["agent_b"], r["agent_b"]))] if a != b]
-    subsets = {**{t: [r for r in kept if r["team_set"] == t] for t in team_sets}, "all": kept}
-    return {cond: rate_rows(sub, names, **kw) for cond, sub in subsets.items() if sub}
-
-
-def ratings_table(ratings: dict, names: list[str], what: dict[str, str]) -> str:
-    """Markdown: one row per name, one column per condition, rating [95% interval]."""
-    lines = ["| agent | what | " + " | ".join(ratings) + " |", "| --- | --- |" + " ---: |" * len(ratings)]
-    for name in names:
-        cells = []
-        for r in ratings.values():
-            i = r.names.index(name)
-            cells.append("–" if np.isnan(r.rating[i]) else f"{r.rating[i]:.0f} [{r.lo[i]:.0f}, {r.hi[i]:.0f}]")
-        lines.append(f"| {name} | {what.get(name, '')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def separations(ratings: dict, mixes: list[str]) -> list[str]:
-    """Per condition: the mixes in rating order, and which overlap the best one's interval."""
-    notes = []
-    for cond, r in ratings.items():
-        at = {m: r.names.index(m) for m in mixes}
-        order = sorted(mixes, key=lambda m: -r.rating[at[m]])
-        tied = [m for m in order[1:] if r.hi[at[m]] >= r.lo[at[order[0]]]]
-        notes.append(f"- **{cond}**: {' > '.join(order)}. " + (
-            f"Intervals overlap the best ({order[0]}) for {', '.join(tied)}: not separable at 95%." if tied
-            else f"{order[0]}'s interval lies above every other mix's."))
-    return notes
-
-
-def team_set_shifts(ratings: dict, names: list[str], team_sets: list[str]) -> list[str]:
-    """Agents whose ratings on two team sets have disjoint intervals (one anchor: comparable)."""
-    sets = [t for t in team_sets if t in ratings]
-    found = []
-    for name in names:
-        for k, a in enumerate(sets):
-            for b in sets[k + 1:]:
-                ra, rb = ratings[a], ratings[b]
-                i, j = ra.names.index(name), rb.names.index(name)
-                if ra.hi[i] < rb.lo[j] or rb.hi[j] < ra.lo[i]:
-                    found.append(f"{name}: {a} {ra.rating[i]:.0f} vs {b} {rb.rating[j]:.0f}")
-    return found
-
-
+# -- phase 4: table -----------------------------------------------------------------------------
 def budget_table(records: dict[str, dict]) -> str:
     """Markdown: what each member trained on, as its training state recorded it."""
     lines = ["| member | steps | decisions | windows | decisions by source | epochs by source | loss | val loss | "
@@ -453,41 +350,16 @@ def budget_table(records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_by_mix(ratings: dict, names: list[str], path: Path, title: str, anchor: str) -> Path:
-    """Rating of each name per team set (and all), with its bootstrap interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
-    width = 0.8 / len(ratings)
-    for k, (cond, r) in enumerate(ratings.items()):
-        idx = [r.names.index(n) for n in names]
-        y = r.rating[idx]
-        ax.errorbar(np.arange(len(names)) - 0.4 + width * (k + 0.5), y, fmt="o", capsize=3, label=cond,
-                    yerr=np.nan_to_num(np.vstack([y - r.lo[idx], r.hi[idx] - y])),
-                    color="black" if cond == "all" else None)
-    ax.axhline(1500, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel(f"rating ({anchor + ' = 1500' if anchor else 'mean 1500'}), 95% interval")
-    ax.set_title(title)
-    ax.legend(title="team set", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_ablation(cfg: AblateConfig, rows: list[dict], records: dict[str, dict], sizes: dict, planned: int) -> dict:
-    """OUT/report/ablation.md, ablation.csv and ratings_by_mix.png; returns the paths and the findings."""
+def write_ablation(cfg: AblateConfig, tournament: TournamentResult, records: dict[str, dict], sizes: dict) -> dict:
+    """OUT/report/ablation.{md,csv,json} and ratings_by_mix.png; returns what ablation.json holds."""
+    rows, planned = tournament.rows, tournament.planned
     out = Path(cfg.out) / "report"
     out.mkdir(parents=True, exist_ok=True)
     e, members = cfg.eval, cfg.members()
     mixes, refs = list(cfg.mixes), list(e.references)
     what = {**{m: ", ".join(f"{s} {w:g}" for s, w in cfg.mixes[m].items() if w > 0) for m in mixes},
             **{r: f"reference `{s}`" for r, s in e.references.items()}}
-    kw = {"n_boot": e.bootstrap, "seed": e.seed, "anchor": e.anchor or None}
+    kw = {"n_boot": e.bootstrap, "seed": e.seed, "anchor": e.anchor}
     by_mix = rate_by_team_set(rows, {n: mix for n, (mix, _) in members.items()}, mixes + refs, e.team_sets, **kw)
     if not by_mix:
         raise ValueError(f"no finished battles in {Path(cfg.out) / 'tournament'}: play the tournament first")
@@ -516,17 +388,22 @@ def write_ablation(cfg: AblateConfig, rows: list[dict], records: dict[str, dict]
         "Epochs: windows drawn over the windows of the source's train split; **repeats**: more than one pass. "
         "Val: the last validation on the held-out battles of every source (the same for every member).", ""]
     files = {"markdown": out / "ablation.md", "csv": out / "ablation.csv",
-             "png": plot_by_mix(by_mix, mixes + refs, out / "ratings_by_mix.png", f"Data-mix ablation, {cfg.format}",
-                                e.anchor)}
-    files["markdown"].write_text("\n".join(md), encoding="utf-8")
+             "png": plot_by_condition(by_mix, mixes + refs, out / "ratings_by_mix.png",
+                                      f"Data-mix ablation, {cfg.format}", e.anchor)}
+    write_atomic(files["markdown"], "\n".join(md))
     lines = ["kind,name,weights,team_set,rating,lo,hi,battles,observed_score"]
     for kind, ratings in (("mix", by_mix), ("member", per_member)):
         for cond, r in ratings.items():
             for i, name in enumerate(r.names):
                 lines.append(f"{'reference' if name in refs else kind},{name},\"{what.get(name, '')}\",{cond},"
                              f"{r.rating[i]:.1f},{r.lo[i]:.1f},{r.hi[i]:.1f},{int(r.games[i])},{r.observed[i]:.4f}")
-    files["csv"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"files": {k: str(v) for k, v in files.items()}, "table": table, "separations": seps, "shifts": shifts}
+    write_atomic(files["csv"], "\n".join(lines) + "\n")
+    print("\n".join(["", table, "", *seps, "across team sets, intervals apart: " + ("; ".join(shifts) or "none"),
+                     *(f"{kind:>9}: {path}" for kind, path in files.items())]), flush=True)
+    result = {"members": records, "tournament": tournament.counts(), "files": {k: str(v) for k, v in files.items()},
+              "table": table, "separations": seps, "shifts": shifts}
+    write_json(out / "ablation.json", result)
+    return result
 
 
 # -- the grid ----------------------------------------------------------------------------------
@@ -560,42 +437,43 @@ def print_plan(cfg: AblateConfig, sizes: dict) -> None:
 
 @owns_run_folder(lambda cfg: cfg.out)
 def run(cfg: AblateConfig, server=None, after_member=None) -> dict:
-    """Run (or resume) the grid; `after_member(name)` is called as each member is done."""
-    cfg.validate()
+    """Run (or resume) the grid, its battles on `server` (else Showdown's simulator, eval/runner.py);
+    `after_member(name)` is called as each member is done."""
+    if not cfg.sources or not cfg.mixes:
+        raise ValueError("the grid is empty: name at least one source (matches, logs or trajectories) under "
+                         "sources and one mix of their weights under mixes (see curriculum/configs/ablate_gen1ou.yaml)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    get_server = ServerOnDemand(server)  # started only when a phase needs it
-    try:
-        made = {name: make_source(cfg, name, get_server) for name in cfg.sources}
-        check_labels(cfg, made)
-        sizes = source_sizes(cfg, ObservationEncoder())
-        print_plan(cfg, sizes)
-        if cfg.stop_after == "data":
-            return {"stopped_after": "data", "sizes": sizes}
-        records = {}
-        for name in cfg.members():
-            records[name] = run_member(cfg, name, sizes)
-            if not records[name]["finished"]:
-                print(f"train: {name} stopped at step {records[name]['step']}; run the same command again to "
-                      "continue", flush=True)
-                return {"stopped_in": name, "members": records}
-            if after_member is not None:
-                after_member(name)
-        if cfg.stop_after == "train":
-            return {"stopped_after": "train", "members": records}
-        rows, tournament = play_tournament(cfg, get_server.current())
-    finally:
-        get_server.stop()
-    table = write_ablation(cfg, rows, records, sizes, tournament["planned"])
-    result = {"members": records, "tournament": tournament, **table}
-    write_json(result, out / "report" / "ablation.json")
-    print("\n" + table["table"] + "\n")
-    print("\n".join(table["separations"]))
-    print("across team sets, intervals apart: " + ("; ".join(table["shifts"]) or "none"))
-    for kind, path in table["files"].items():
-        print(f"{kind:>9}: {path}")
-    return result
+
+    # 1. data
+    made = {name: make_source(cfg, name, server) for name in cfg.sources}
+    check_labels(cfg, made)
+    sizes = source_sizes(cfg, ObservationEncoder())
+    print_plan(cfg, sizes)
+    if cfg.stop_after == "data":
+        return {"stopped_after": "data", "sizes": sizes}
+
+    # 2. train
+    records = {}
+    for name in cfg.members():
+        records[name] = run_member(cfg, name, sizes)
+        if not records[name]["finished"]:
+            print(f"train: {name} stopped at step {records[name]['step']}; run the same command again to "
+                  "continue", flush=True)
+            return {"stopped_in": name, "members": records}
+        if after_member is not None:
+            after_member(name)
+    if cfg.stop_after == "train":
+        return {"stopped_after": "train", "members": records}
+
+    # 3. tournament
+    agents = cfg.eval.agents({name: str(out / "members" / name / "final") for name in cfg.members()})
+    tournament = play(cfg.eval, agents, battle_format=cfg.format, out=out / "tournament",
+                      title=f"Data-mix ablation {cfg.out}", server=server)
+
+    # 4. table
+    return write_ablation(cfg, tournament, records, sizes)
 
 
 def main(argv: list[str] | None = None) -> None:

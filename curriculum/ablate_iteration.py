@@ -5,7 +5,7 @@
 
 Phases; running the same command again continues where it stopped, redoing nothing finished:
 
-  1 chain       stage 2 (python -m curriculum.coach, run as its own command on OUT/chain.yaml, the
+  1 chain       stage 2 (python -m curriculum.stage2_coach, run as its own command on OUT/chain.yaml, the
                 `chain` settings with run_dir OUT/chain): R rounds, each playing fresh battles with
                 the last promoted student, labelled by the coach, trained for its own steps, judged
                 by the promotion tournament; it starts its own Showdown server.
@@ -16,8 +16,9 @@ Phases; running the same command again continues where it stopped, redoing nothi
                   first_round  round 1's data only, for S steps: one round's data with the chain's
                                compute, without iteration (more passes over less data)
                 OUT/controls/NAME is an ordinary training run folder; control.json keeps its budget.
-  3 tournament  every round's child, the controls, the first student, the coach (`eval.with_coach`)
-                and `eval.references`, round robin (resumable) in OUT/tournament/ with its report.
+  3 tournament  every round's child, the controls, the first student, the coach (`with_coach`)
+                and `eval.references`, round robin (curriculum/comparison.py, resumable) on the
+                chain's team set (or `eval.team_sets`) in OUT/tournament/ with its report.
   4 table       OUT/report/iteration.{md,csv,json} and ratings.png: ratings with 95% intervals, each
                 model's budget (training steps along its own lineage, decisions trained, the data's
                 decisions, battles played for it) and what the comparison shows. Always redrawn.
@@ -27,45 +28,28 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
-import logging
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curriculum.coaching import CoachStageConfig, train_student
 from battles.config import check_same_run, recipe_main, save_config
+from battles.files import write_atomic, write_json
+from curriculum.comparison import EvalConfig, compare, play
+from curriculum.distill import CoachStageConfig, train_student
 from curriculum.lineage import read_lineage
-from curriculum.phases import write_json
-from curriculum.promotion import play_tournament, rate_results, write_tournament_report
 from curriculum.run_folder import owns_run_folder
-
-log = logging.getLogger(__name__)
+from eval.report import plot_ratings, rate_rows
 
 CONTROLS = ("pooled", "first_round")
 STOPS = ("", "chain", "controls", "tournament")
-_MUTABLE = {"stop_after", "eval.concurrency", "eval.max_battles", "chain.concurrency", "chain.train_threads",
+_MUTABLE = {"stop_after", "eval.concurrency", "eval.max_battles", "chain.concurrency", "chain.trainer.threads",
             "chain.label_batch_size", "chain.stop_after", "chain.promotion.concurrency",
             "chain.promotion.max_battles", "chain.trainer.stop_after_steps", "chain.trainer.wandb_mode",
             "chain.trainer.log_every", "chain.run_dir"}
-
-
-@dataclass
-class EvalConfig:
-    """The final tournament of every model of the comparison and the references."""
-
-    references: dict[str, str] = field(default_factory=lambda: {"tactician": "tactician", "bestdamage": "bestdamage",
-                                                                "maxbp": "maxbp"})
-    with_coach: bool = True
-    battles_per_pair: int = 40  # a multiple of 4
-    temperature: float = 1.0  # how the policies play (0: arg-max)
-    concurrency: int = 16
-    bootstrap: int = 1000
-    level: float = 0.95
-    seed: int = 0
-    max_battles: int = 0  # >0: play at most this many battles per invocation
 
 
 @dataclass
@@ -73,7 +57,8 @@ class IterationAblationConfig:
     out: str = "runs/ablate_iteration"
     chain: CoachStageConfig = field(default_factory=lambda: CoachStageConfig(rounds=2))  # run_dir: OUT/chain
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    with_coach: bool = True  # the coach plays in the final tournament
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(policy_params="temperature=1"))
     stop_after: str = ""  # chain | controls | tournament
 
     def __post_init__(self) -> None:
@@ -84,8 +69,6 @@ class IterationAblationConfig:
         bad = [c for c in self.controls if c not in CONTROLS]
         if bad:
             raise ValueError(f"controls={self.controls}: unknown {bad}; choose among {', '.join(CONTROLS)}")
-        if self.eval.battles_per_pair < 4 or self.eval.battles_per_pair % 4:
-            raise ValueError(f"eval.battles_per_pair={self.eval.battles_per_pair}: must be a positive multiple of 4")
         reserved = {"student", "coach", *CONTROLS} | {f"round-{k}" for k in range(1, self.chain.rounds + 1)}
         if reserved & set(self.eval.references):
             raise ValueError(f"eval.references may not use the names {sorted(reserved & set(self.eval.references))}")
@@ -98,7 +81,7 @@ def run_chain(chain_cfg: CoachStageConfig, out: Path) -> dict:
     # type, on its settings saved to OUT/chain.yaml.
     config = out / "chain.yaml"
     save_config(chain_cfg, config)
-    cmd = [sys.executable, "-m", "curriculum.coach", "--config", str(config)]
+    cmd = [sys.executable, "-m", "curriculum.stage2_coach", "--config", str(config)]
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
     with subprocess.Popen(cmd, env=env) as proc:
@@ -144,28 +127,26 @@ def run_control(cfg: IterationAblationConfig, chain_cfg: CoachStageConfig, name:
     if record and record.get("finished"):
         print(f"controls: {name} done before, skipped", flush=True)
         return record
-    write_json({**plan, "student": str(student), "finished": False}, path)
+    write_json(path, {**plan, "student": str(student), "finished": False})
     print(f"controls: {name}: {plan['steps']} steps on {len(plan['data'])} round(s) of data "
           f"({plan['data_decisions']} decisions)", flush=True)
     trained = train_student(chain_cfg, folder, student, [Path(p) for p in plan["data"]], steps=plan["steps"],
                             coach_source=coach_source, recipe=f"coach-control-{name}")
     record = {**plan, "student": str(student), "training": trained, "finished": trained["finished"],
               "decisions_trained": trained["decisions_trained"], "checkpoint": trained["checkpoint"]}
-    write_json(record, path)
+    write_json(path, record)
     return record
 
 
 # -- phases 3 and 4: tournament and table ------------------------------------------------------
 def agents_of(cfg: IterationAblationConfig, summary: dict, budget: dict, controls: dict) -> dict[str, str]:
     """Tournament name -> spec of every model compared, the coach and the references."""
-    play_as = f"temperature={cfg.eval.temperature:g}"
-    agents = {"student": f"policy:{summary['student']['checkpoint']},{play_as}"}
-    agents.update({f"round-{r['round']}": f"policy:{r['child']},{play_as}" for r in budget["rounds"]})
-    agents.update({name: f"policy:{c['checkpoint']},{play_as}" for name, c in controls.items()})
-    if cfg.eval.with_coach:
-        agents["coach"] = f"policy:{summary['coach']['checkpoint']},{play_as}"
-    agents.update(cfg.eval.references)
-    return agents
+    models = {"student": summary["student"]["checkpoint"],
+              **{f"round-{r['round']}": r["child"] for r in budget["rounds"]},
+              **{name: c["checkpoint"] for name, c in controls.items()}}
+    if cfg.with_coach:
+        models["coach"] = summary["coach"]["checkpoint"]
+    return cfg.eval.agents(models)
 
 
 def lineage_steps(budget: dict) -> dict[str, int]:
@@ -181,42 +162,26 @@ def lineage_steps(budget: dict) -> dict[str, int]:
     return out
 
 
-def compare(ratings, a: str, b: str) -> str:
-    """One sentence: a against b in rating (intervals) and head to head."""
-    i, j = ratings.names.index(a), ratings.names.index(b)
-    gap = ratings.rating[i] - ratings.rating[j]
-    apart = ratings.lo[i] > ratings.hi[j] or ratings.lo[j] > ratings.hi[i]
-    h2h = ratings.matrix
-    cell = (f"; head to head {h2h.rate[i, j]:.2f} [{h2h.lo[i, j]:.2f}, {h2h.hi[i, j]:.2f}] over {h2h.games[i, j]} battles"
-            if h2h.games[i, j] else "")
-    verdict = ("intervals apart: a real difference" if apart else "intervals overlap: no clear difference")
-    return f"{a} vs {b}: {gap:+.0f} rating points ({verdict}){cell}."
-
-
 def write_table(cfg: IterationAblationConfig, rows: list[dict], agents: dict[str, str], summary: dict,
                 budget: dict, controls: dict) -> dict:
     """OUT/report: the comparison table (md, csv, json), the ratings plot and the conclusions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    e = cfg.eval
     names = list(agents)
-    ratings = rate_results(rows, names, n_boot=cfg.eval.bootstrap, seed=cfg.eval.seed, level=cfg.eval.level)
+    ratings = rate_rows(rows, names, n_boot=e.bootstrap, seed=e.seed, anchor=e.anchor or None)
     report_dir = Path(cfg.out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    chain_out = summary["output"]
     own_steps = lineage_steps(budget)
-    output_name = next((f"round-{r['round']}" for r in budget["rounds"] if r["child"] == chain_out), "student")
+    output_name = next((f"round-{r['round']}" for r in budget["rounds"] if r["child"] == summary["output"]),
+                       "student")
     d = cfg.chain.decisions_per_step
-    what, table = {}, []
-    what["student"] = ("the first student", 0, 0, 0)
+    what = {"student": ("the first student", 0, 0, 0)}
     for r in budget["rounds"]:
         what[f"round-{r['round']}"] = (f"chain round {r['round']} child ({'promoted' if r['promoted'] else 'not promoted'})",
                                        own_steps[f"round-{r['round']}"], r["data_decisions"], r["battles"])
     for name, c in controls.items():
         what[name] = (f"control: {'all rounds pooled' if name == 'pooled' else 'round 1 data only'}, trained once",
                       c["steps"], c["data_decisions"], c["battles"])
+    table = []
     for i in ratings.order():
         n = ratings.names[i]
         desc, steps, data, battles = what.get(n, ("the coach" if n == "coach" else "reference", None, None, None))
@@ -246,41 +211,27 @@ def write_table(cfg: IterationAblationConfig, rows: list[dict], agents: dict[str
         "Every model starts from the same student and learns from the same coach's labels with the same loss."]
     header = ["agent", "what", "rating", "lo", "hi", "battles_rated", "steps", "decisions_trained", "data_decisions",
               "battles_in_data"]
-    md = [f"# Iteration ablation ({cfg.out})", "", *budget_lines, "",
-          f"Tournament: {len(rows)} battles, {cfg.eval.battles_per_pair} per pair, {cfg.chain.format} / "
-          f"{cfg.chain.team_set}; Bradley-Terry ratings (mean 1500), {cfg.eval.level:.0%} bootstrap intervals. "
-          "Steps: training steps along the model's own lineage (a round's child includes its promoted ancestors').",
-          ""]
     table_lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                    *("| " + " | ".join("–" if row[h] is None else str(row[h]) for h in header) + " |" for row in table)]
-    md += [*table_lines, "", "## What it shows", "", *(f"- {f}" for f in findings), "", "![ratings](ratings.png)", "",
-           f"Full tournament report: {Path(cfg.out) / 'tournament' / 'report' / 'report.md'}"]
-    (report_dir / "iteration.md").write_text("\n".join(md) + "\n")
-    with open(report_dir / "iteration.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*header, "spec"])
-        w.writeheader()
-        w.writerows(table)
+    md = [f"# Iteration ablation ({cfg.out})", "", *budget_lines, "",
+          f"Tournament: {len(rows)} battles, {e.battles_per_pair} per pair, {cfg.chain.format} / "
+          f"{', '.join(e.team_sets or [cfg.chain.team_set])}; Bradley-Terry ratings "
+          f"({e.anchor + ' = 1500' if e.anchor else 'mean 1500'}), 95% bootstrap intervals. Steps: training steps "
+          "along the model's own lineage (a round's child includes its promoted ancestors').", "",
+          *table_lines, "", "## What it shows", "", *(f"- {f}" for f in findings), "", "![ratings](ratings.png)", "",
+          f"Full tournament report: {Path(cfg.out) / 'tournament' / 'report' / 'report.md'}"]
+    write_atomic(report_dir / "iteration.md", "\n".join(md) + "\n")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=[*header, "spec"])
+    w.writeheader()
+    w.writerows(table)
+    write_atomic(report_dir / "iteration.csv", text.getvalue())
     result = {"table": table, "findings": findings, "budget": budget, "controls": controls,
               "chain_output": output_name}
-    write_json(result, report_dir / "iteration.json")
-    colors = {"student": "black", "coach": "tab:purple", "pooled": "tab:orange", "first_round": "tab:red"}
-    order = ratings.order()[::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(order)))
-    for y, i in enumerate(order):
-        n = ratings.names[i]
-        color = colors.get(n, "tab:blue" if n.startswith("round-") else "tab:gray")
-        ax.errorbar(ratings.rating[i], y, xerr=[[ratings.rating[i] - ratings.lo[i]], [ratings.hi[i] - ratings.rating[i]]],
-                    fmt="o", capsize=4, color=color)
-    ax.set_yticks(range(len(order)), [ratings.names[i] + (" (chain output)" if ratings.names[i] == output_name else "")
-                                      for i in order])
-    ax.axvline(1500, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel(f"rating (Elo scale, {cfg.eval.level:.0%} bootstrap interval)")
-    ax.set_title(f"Iterated coach rounds vs controls, {budget['steps']} steps each")
-    fig.tight_layout()
-    fig.savefig(report_dir / "ratings.png", dpi=120)
-    plt.close(fig)
-    print("\n".join(["", *budget_lines, "", *table_lines, "", *findings,
-                     f"report: {report_dir / 'iteration.md'}"]), flush=True)
+    write_json(report_dir / "iteration.json", result)
+    plot_ratings(ratings, report_dir / "ratings.png", f"Iterated coach rounds vs controls, {budget['steps']} steps each")
+    print("\n".join(["", *budget_lines, "", *table_lines, "", *findings, f"report: {report_dir / 'iteration.md'}"]),
+          flush=True)
     return result
 
 
@@ -320,16 +271,11 @@ def run(cfg: IterationAblationConfig, server=None) -> dict | None:
 
     # 3. tournament
     agents = agents_of(cfg, summary, budget, controls)
-    e = cfg.eval
-    print(f"tournament: {', '.join(agents)}; {e.battles_per_pair} battles per pair", flush=True)
-    result = play_tournament(agents, battle_format=chain_cfg.format, team_set=chain_cfg.team_set,
-                             battles_per_pair=e.battles_per_pair, out=out / "tournament", seed=e.seed,
-                             concurrency=e.concurrency, bootstrap=e.bootstrap, max_battles=e.max_battles,
-                             server=server, progress=True)
+    result = play(cfg.eval, agents, battle_format=chain_cfg.format, out=out / "tournament", server=server,
+                  team_sets=cfg.eval.team_sets or [chain_cfg.team_set], title=f"Iteration ablation {cfg.out}")
     if not result.complete:
         print(f"tournament: {result.finished + result.errors} of {result.planned} battles done; run again to continue")
         return None
-    write_tournament_report(result, list(agents), n_boot=e.bootstrap, seed=e.seed)
     if cfg.stop_after == "tournament":
         return None
 

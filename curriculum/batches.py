@@ -3,7 +3,7 @@
 Battles differ in length, so a batch of B windows holds a varying number of decisions to
 learn from. `DecisionBatches` gives every step exactly N learnable decisions (`learnable`:
 the decisions the losses learn from), which makes a budget of steps a budget of decisions:
-the data-mix ablation (curriculum/ablate.py) and stage 2's training (curriculum/coaching.py)
+the data-mix ablation (curriculum/ablate_data_mix.py) and training on labels (curriculum/distill.py)
 count their budgets in it. `counted` wraps a loss to check that it trained on what was drawn.
 """
 

@@ -1,34 +1,47 @@
 """Imitation training on a mix of trajectory sources: its settings, the model, the loss, the
-data filters and the checkpoint saver.
+data filters, the checkpoint saver, and `train_imitation`, which runs (or resumes) one such
+training in a run folder with the shared trainer.
 
-Stage 0 (curriculum/pretrain.py) wires these into the shared trainer; every member of the
-data-mix ablation (curriculum/ablate.py) is such a run, fed batches of exactly N decisions.
+Stage 0 (curriculum/stage0_pretrain.py) is `train_imitation` on the command line; the imitation
+study, the quickstart and scripts/best_model.py call it too; every member of the data-mix
+ablation (curriculum/ablate_data_mix.py) is such a run, fed batches of exactly N decisions.
 
 Loss: masked behaviour cloning (cross-entropy on the action taken; actions a log cannot
-show are -1 and masked) plus a value loss on the battle's outcome. With `awr_beta > 0`
-imitation is advantage-weighted: each decision's weight is exp((outcome - V(s)) / beta),
-clipped at `awr_max_weight`, with V the model's own (detached) value head.
+show are -1 and masked) plus a value loss on the battle's outcome, optionally
+advantage-weighted (`awr_beta` > 0); curriculum/losses.py.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
-from battles.dataset import DataMix, Selection, TrajectoryDataset, collate
+from battles.config import save_config, to_dict
+from battles.dataset import DataMix, MixLoader, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
-from curriculum.trainer import TrainerConfig
+from curriculum.losses import behaviour_cloning
+from curriculum.run_folder import run_dir_lock
+from curriculum.trainer import (
+    Trainer,
+    TrainerConfig,
+    TrainResult,
+    finished_result,
+    make_accelerator,
+)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PretrainConfig:
-    """Stage 0's settings: the data and its mix, the model, the loss and the trainer."""
+    """An imitation training's settings: the data and its mix, the model, the loss and the trainer."""
 
     run_dir: str = "runs/pretrain"
     data: list[str] = field(default_factory=lambda: ["runs/quickstart/trajectories"])
@@ -49,40 +62,12 @@ class PretrainConfig:
     awr_beta: float = 0.0  # > 0: advantage-weighted imitation
     awr_max_weight: float = 20.0
     num_workers: int = 0
-    threads: int = 0  # torch threads while training (0: half the cores, at most 4)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=2000))
 
 
 def imitation_loss(cfg: PretrainConfig):
-    """The recipe's loss: masked BC (optionally advantage-weighted) + value regression."""
-
-    def loss_fn(model, batch):
-        logits, value = model(batch["tokens"], batch["numbers"], batch["legal"])  # (B,T,13), (B,T)
-        action = batch["action"]  # (B, T), -1 where the log hides the choice or padding
-        outcome = batch["outcome"][:, None].expand_as(value)  # (B, T)
-        scored = batch["loss_mask"] & batch["mask"]
-        target_ok = action >= 0
-        # A recorded action the mask calls illegal would be an encoder bug; never train on it.
-        legal_target = batch["legal"].gather(-1, action.clamp(min=0)[..., None]).squeeze(-1)
-        bc = scored & target_ok & legal_target
-        ce = F.cross_entropy(logits[bc].float(), action[bc], reduction="none")
-        if cfg.awr_beta > 0:
-            adv = (outcome - value.detach())[bc].float()
-            weight = torch.exp(adv / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
-            policy_loss = (weight * ce).sum() / weight.sum().clamp(min=1e-8)
-        else:
-            policy_loss = ce.mean() if ce.numel() else logits.sum() * 0.0
-        value_loss = F.mse_loss(value[scored].float(), outcome[scored].float()) if scored.any() else value.sum() * 0.0
-        loss = policy_loss + cfg.value_weight * value_loss
-        with torch.no_grad():
-            acc = (logits[bc].argmax(-1) == action[bc]).float().mean() if bc.any() else torch.tensor(0.0)
-        return loss, {
-            "loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
-            "acc": acc, "decisions": float(bc.sum()),
-            "illegal_targets": float((scored & target_ok & ~legal_target).sum()),
-        }
-
-    return loss_fn
+    """The loss of `cfg`: masked BC (optionally advantage-weighted) + value regression."""
+    return behaviour_cloning(cfg.value_weight, cfg.awr_beta, cfg.awr_max_weight)
 
 
 def build_model(cfg: PretrainConfig, encoder: ObservationEncoder) -> PolicyTransformer:
@@ -122,13 +107,6 @@ def data_filters(cfg: PretrainConfig, encoder: ObservationEncoder) -> dict:
     }
 
 
-def set_threads(threads: int) -> None:
-    """Torch's intra-op threads: on a busy 2-core machine its default two made a step ~8x slower."""
-    import os
-
-    torch.set_num_threads(threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
-
-
 def selections(cfg: PretrainConfig) -> dict[str, dict]:
     """The per-source selection as plain data (for DataMix, checkpoints and lineage)."""
     return {k: asdict(v) if isinstance(v, Selection) else dict(v) for k, v in cfg.select.items()}
@@ -154,3 +132,47 @@ def validation_batches(cfg: PretrainConfig, encoder: ObservationEncoder) -> list
         loader = DataLoader(val_set, batch_size=cfg.trainer.batch_size, collate_fn=collate)
         batches += [b for _, b in zip(range(n), loader)]
     return batches
+
+
+# -- one imitation training, run or resumed -------------------------------------------------
+def report(result: TrainResult, cfg: PretrainConfig) -> None:
+    print(f"pretrain: step {result.step}/{cfg.trainer.max_steps}, "
+          f"loss {result.last_metrics.get('loss', float('nan')):.4f}, "
+          f"val {result.val_metrics}, checkpoint {result.final_checkpoint}", flush=True)
+
+
+def train_imitation(cfg: PretrainConfig) -> TrainResult:
+    """Train (or resume) the imitation run described by `cfg` in `cfg.run_dir`; the TrainResult.
+
+    A finished run builds nothing and rewrites nothing; a run folder another command is running
+    in stops at once naming that command (RunFolderBusy)."""
+    run_dir = Path(cfg.run_dir)
+    # First: the process group (and torch's threads), so that the data below is split by rank.
+    accelerator = make_accelerator(cfg.trainer)
+    with run_dir_lock(run_dir, accelerator):
+        done = [finished_result(run_dir, cfg.trainer)]
+        if accelerator.num_processes > 1:  # rank 0's view of the folder decides for every rank
+            done = broadcast_object_list(done)
+        if done[0] is not None:  # finished before: build nothing, rewrite nothing
+            if accelerator.is_main_process:
+                log.info("%s is a finished run; raise trainer.max_steps to train it further", run_dir)
+                report(done[0], cfg)
+            return done[0]
+        encoder = ObservationEncoder()
+        train_data = MixLoader(training_mix(cfg, encoder), batch_size=cfg.trainer.batch_size,
+                               num_workers=cfg.num_workers)
+        val_batches = validation_batches(cfg, encoder)
+        if not val_batches:
+            log.warning("no validation trajectories (val_fraction=%s); validation is skipped", cfg.val_fraction)
+        torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank and every run
+        model = build_model(cfg, encoder)
+        if accelerator.is_main_process:
+            save_config(cfg, run_dir / "config.yaml")
+        log.info("model: %s preset, %.2fM parameters; data: %s", cfg.preset, model.num_parameters() / 1e6, cfg.mix)
+        trainer = Trainer(cfg.trainer, run_dir, model, imitation_loss(cfg), train_data,
+                          val_data=val_batches or None, save_model=checkpoint_saver(encoder, cfg),
+                          run_config={"recipe": "pretrain", **to_dict(cfg)}, accelerator=accelerator)
+        result = trainer.fit()
+        if trainer.is_main:
+            report(result, cfg)
+        return result

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import yaml
 
+from battles.files import write_atomic
 from models.checkpoint import read_checkpoint_info
 
 LINEAGE = "lineage.json"
@@ -46,10 +46,7 @@ def update_lineage(run_dir: str | Path, **fields) -> dict:
     record = json.loads(path.read_text()) if path.is_file() else {"version": VERSION}
     record.update(fields)
     record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1, default=str) + "\n")
     return record
 
 

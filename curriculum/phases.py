@@ -1,17 +1,21 @@
-"""What the recipes' phases share: run-folder markers, a server on demand, and the phases of
-curriculum stages 1 and 2.
+"""The phase runner every recipe uses, and the phases the recipes share.
 
-A recipe runs in phases; each finished phase leaves RUN/phases/PHASE.json (`mark`), so that
-running the same command again skips it (`phase_done`). Battles go to one local Showdown
-server, started only when a phase needs one (`ServerOnDemand`).
+A recipe is a list of named phases run in order (`run_phases`): each finished phase leaves
+RUN/phases/PHASE.json with its summary (`mark`), so that running the same command again skips
+it (`phase_done`); after each phase RUN/lineage.json gets the phase's status and fields;
+`stop_after=PHASE` stops once that phase is done. A phase that returns an unfinished summary
+(a training stopped at `trainer.stop_after_steps`, a tournament with battles left) is not
+marked: the next run of the command continues it. `start_run` is the start every recipe with
+a parent shares: the same settings as before (RUN/config.yaml), the parent resolved and
+checked against this encoder, the lineage's header. Battles go to one local Showdown server,
+started only when a phase needs one (`ServerOnDemand`).
 
-Stage 1 (curriculum/selfplay.py) and every round of stage 2 (curriculum/coach.py) play the
-same way and are judged the same way:
+The phases the recipes share (a learner plays, learns, is judged):
 
   play       the learner (a checkpoint sampling at a temperature) plays a pool of opponents,
              split by weight; finished battles are counted from the shards, so a restart plays
              only the rest (`play`, settings in `PlayConfig`).
-  learner    after the build, the learner's own side of the trajectories (`select_learner`).
+  build      after the build, each side's own trajectories, e.g. the learner's (`build_sides`).
   evaluate   the promotion tournament of child, parent and the pool, and the promotion rule's
              verdict (`evaluate`, settings in `PromotionConfig`).
 """
@@ -23,6 +27,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agents.registry import parse_spec
+from battles.build import build, by_role
+from battles.config import check_same_run, save_config, to_dict
 from battles.dataset import is_validation
+from battles.encode import ObservationEncoder
+from battles.files import write_json
 from battles.logs import count_battles
 from battles.shards import list_shards
-from curriculum.lineage import update_lineage
+from curriculum.lineage import resolve_parent, update_lineage
 from curriculum.promotion import (
     CHILD,
     PARENT,
@@ -42,21 +51,16 @@ from curriculum.promotion import (
     agent_names,
     decide,
     play_tournament,
-    rate_results,
     write_tournament_report,
 )
 from curriculum.trainer import TrainerConfig
+from eval.report import rate_rows
+from models.checkpoint import read_checkpoint_info
+
+LEARNER = "learner"  # the role the run's own model plays in its battles (recorded with each)
 
 
-# -- run folders ---------------------------------------------------------------------------
-def write_json(data, path: Path) -> None:
-    """Write `data` as JSON, atomically: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
+# -- run folders and the phase runner --------------------------------------------------------
 def phase_done(run: Path, phase: str) -> dict | None:
     """The summary a finished phase left in RUN/phases/, or None."""
     path = run / "phases" / f"{phase}.json"
@@ -65,7 +69,7 @@ def phase_done(run: Path, phase: str) -> dict | None:
 
 def mark(run: Path, phase: str, summary: dict) -> None:
     """Record a finished phase and its summary (atomically)."""
-    write_json(summary, run / "phases" / f"{phase}.json")
+    write_json(run / "phases" / f"{phase}.json", summary)
 
 
 def stop_here(stop_after: str, phase: str) -> bool:
@@ -73,6 +77,83 @@ def stop_here(stop_after: str, phase: str) -> bool:
     if stop_after == phase:
         print(f"stopped after {phase} (stop_after={phase}); run the command again without it to go on")
     return stop_after == phase
+
+
+@dataclass
+class Phase:
+    """One named phase: `run(done)` does it (`done`: the summaries of the phases before) and
+    returns its summary; then RUN/lineage.json gets `status` and `record(done)` (`done` now
+    holding this phase's summary too). `finished(summary)` false: the phase is not marked,
+    the lineage gets `pending` and `record`, and the recipe stops there."""
+
+    name: str
+    run: Callable[[dict], dict]
+    status: str
+    record: Callable[[dict], dict] = lambda done: {}
+    finished: Callable[[dict], bool] = lambda summary: True
+    pending: str = ""
+
+
+def run_phases(run: Path, phases: list[Phase], stop_after: str = "") -> tuple[dict, dict | None]:
+    """Run `phases` in order, skipping the finished ones; ({phase: summary}, the lineage record
+    where it stopped: stop_after or an unfinished phase), or (summaries, None) when all are done."""
+    done: dict = {}
+    for phase in phases:
+        summary = phase_done(run, phase.name)
+        if summary is None:
+            summary = phase.run(done)
+            if not phase.finished(summary):
+                return done, update_lineage(run, status=phase.pending, **phase.record({**done, phase.name: summary}))
+            mark(run, phase.name, summary)
+        done[phase.name] = summary
+        record = update_lineage(run, status=phase.status, **phase.record(done))
+        if stop_here(stop_after, phase.name):
+            return done, record
+    return done, None
+
+
+def run_and_decide(run: Path, phases: list[Phase], stop_after: str, parent: Path, *, kept: str = "parent",
+                   server: ServerOnDemand | None = None) -> tuple[dict, bool]:
+    """Run `phases` (ending in 'train' and 'evaluate'), then, with all done, the promotion verdict
+    (`conclude`); `server`, when given, is stopped once the battles are over. Returns (the lineage
+    record, whether the verdict is in)."""
+    try:
+        done, stopped = run_phases(run, phases, stop_after)
+    finally:
+        if server is not None:
+            server.stop()
+    if stopped is not None:
+        return stopped, False
+    return conclude(run, parent, done["train"], done["evaluate"], kept=kept), True
+
+
+# -- the start every recipe with a parent shares ----------------------------------------------
+def start_run(cfg, run: Path, parent: str | Path, mutable: set[str], *, keep: tuple[str, ...] = (),
+              **header) -> tuple[Path, Path | None, dict]:
+    """A recipe's start in `run`: the same settings as its finished work (RUN/config.yaml, but for
+    `mutable` keys), the parent resolved (checkpoint, the run that made it) and checked against
+    this encoder before any battle, RUN/config.yaml, and the lineage's header (`header`, the
+    parent, the config). Returns (checkpoint, its run or None, the checkpoint's metadata)."""
+    check_same_run(cfg, run, mutable, keep=keep, fix="give a new run_dir for a new stage")
+    checkpoint, parent_run = resolve_parent(parent)
+    meta = check_checkpoint(checkpoint, "parent")
+    run.mkdir(parents=True, exist_ok=True)
+    if not (run / "config.yaml").is_file():
+        save_config(cfg, run / "config.yaml")
+    update_lineage(run, **header, run=str(run),
+                   parent={"checkpoint": str(checkpoint), "run": str(parent_run) if parent_run else None,
+                           "recipe": meta.get("recipe")}, config=to_dict(cfg))
+    return checkpoint, parent_run, meta
+
+
+def check_checkpoint(path: Path, what: str) -> dict:
+    """A missing or broken checkpoint, or one of another encoder, fails here, before any battle;
+    its metadata."""
+    info = read_checkpoint_info(path)
+    encoder = ObservationEncoder()
+    if info.encoder_version != encoder.version or info.vocab_hash != encoder.vocab.hash:
+        raise ValueError(f"{what} {path} was trained with another encoder or vocabulary; retrain it with this Qabra")
+    return info.metadata
 
 
 class ServerOnDemand:
@@ -164,7 +245,7 @@ class PlayConfig:
 
     @classmethod
     def of(cls, settings) -> PlayConfig:
-        """The play settings of a stage config that has fields of these names."""
+        """The play settings of a recipe's config that has fields of these names."""
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -186,53 +267,36 @@ def learner_spec(parent: Path, temperature: float, seed: int) -> str:
     return f"policy:{parent},temperature={temperature:g},seed={seed}"
 
 
-def learner_matcher(parent: Path, temperature: float):
-    """A predicate: is this recorded agent spec the learner (the parent at this temperature)?"""
-    cache: dict[str, bool] = {}
-    target = parent.resolve()
-
-    def is_learner(spec: str | None) -> bool:
-        if not spec:
-            return False
-        if spec not in cache:
-            parsed = parse_spec(spec)
-            cache[spec] = (parsed.kind == "policy" and Path(parsed.params["path"]).resolve() == target
-                           and not parsed.params.get("greedy")
-                           and float(parsed.params.get("temperature", 1.0)) == float(temperature))
-        return cache[spec]
-
-    return is_learner
-
-
 def shard_sizes(paths: list[Path]) -> list[dict]:
     """Path, rows and bytes of each Parquet shard."""
     return [{"path": str(p), "rows": pq.read_metadata(p).num_rows, "bytes": p.stat().st_size} for p in paths]
 
 
-def battle_stats(folder: Path, is_learner) -> dict:
-    """Battles in a folder of log shards, and how many the learner won (from three small columns)."""
+def battle_stats(folder: Path) -> dict:
+    """Battles in a folder of log shards, and how many the learner won (the roles recorded with each)."""
     stats = {"battles": 0, "learner_wins": 0, "ties": 0}
     shards = list_shards(folder) if folder.exists() else []
     for shard in shards:
-        t = pq.read_table(shard, columns=["winner", "p1_spec", "p2_spec"]).to_pylist()
-        for row in t:
+        for row in pq.read_table(shard, columns=["winner", "roles"]).to_pylist():
             stats["battles"] += 1
             stats["ties"] += row["winner"] == ""
-            stats["learner_wins"] += bool(row["winner"]) and is_learner(row[f"{row['winner']}_spec"])
+            stats["learner_wins"] += bool(row["winner"]) and json.loads(row["roles"] or "{}").get(row["winner"]) == LEARNER
     stats["shards"] = shard_sizes(shards)
     return stats
 
 
-def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: str = "") -> dict:
+def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: str = "",
+         roles: dict[str, str] | None = None) -> dict:
     """Play the remaining battles against each opponent; returns per-opponent counts and wins.
 
-    `learner_params` ('key=value,...') are added to the learner's spec (e.g. stage 3's labels).
+    The learner plays p1 and each battle records it as `learner`; `roles` names the part of an
+    opponent (spec -> role: `learner` for the learner's own copy, `expert` for a search bot).
+    `learner_params` ('key=value,...') are added to the learner's spec (e.g. a searcher labelling its positions).
     """
     from eval.match import Match
 
     quotas = apportion(cfg.battles, cfg.opponents)
     names = agent_names(list(cfg.opponents))
-    is_learner = learner_matcher(parent, cfg.temperature)
     summary = {}
     for i, (spec, n) in enumerate(quotas.items()):
         folder = run / "battles" / names[spec]
@@ -244,15 +308,27 @@ def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: s
             # Showdown's simulator in a host process of its own (eval/runner.py): no server needed.
             Match(learner, spec, battle_format=cfg.format, n=n - have,
                   out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
-                  backend="sim", shard_size=cfg.shard_battles).run()
-        summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder, is_learner)}
+                  backend="sim", shard_size=cfg.shard_battles,
+                  roles={"p1": LEARNER, **({"p2": roles[spec]} if spec in (roles or {}) else {})}).run()
+        summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder)}
     return summary
 
 
-# -- the learner's side ----------------------------------------------------------------------
-def select_learner(traj_dir: Path, out: Path, is_learner) -> dict:
-    """Copy the learner's own trajectories into `out`, one row group at a time."""
-    return select_rows(traj_dir, out, lambda table: [is_learner(a) for a in table["agent"].to_pylist()])
+# -- build: the trajectories, and each side's own ----------------------------------------------
+def build_sides(run: Path, sides: dict[str, str], labels: dict[str, Path] | None = None,
+                label_temperature: float = 1.0) -> dict:
+    """The trajectories of each role recorded with the battles of RUN/battles into RUN/<role>/, built
+    from the logs plus that role's label set (`labels`: role -> label folder), if any; `sides` maps a
+    folder name to the role it holds. Built battles are skipped, so a stopped build resumes."""
+    summary = {}
+    for name, role in sides.items():
+        labelled = (labels or {}).get(name)
+        labelled = labelled if labelled is not None and Path(labelled).exists() else None  # nothing recorded
+        built = build([run / "battles"], run / name, select=by_role(role), progress=False,
+                      labels=[labelled] if labelled else None, label_temperature=label_temperature)
+        print(f"build: {name}: {json.dumps(built)}", flush=True)
+        summary[name] = {"build": built, **learner_stats(run / name)}
+    return {"build": {n: v["build"] for n, v in summary.items()}, **summary}
 
 
 def select_rows(traj_dir: Path, out: Path, keep, prefix: str = "learner") -> dict:
@@ -313,7 +389,7 @@ def evaluate(pool: PlayConfig, p: PromotionConfig, run: Path, parent: Path, chil
         print(f"evaluate: {result.finished + result.errors} of {result.planned} tournament battles done; "
               "run the same command again to continue", flush=True)
         return status
-    ratings = rate_results(result.rows, list(agents), n_boot=p.bootstrap, seed=p.seed, level=p.level)
+    ratings = rate_rows(result.rows, list(agents), n_boot=p.bootstrap, seed=p.seed, level=p.level)
     report = write_tournament_report(result, list(agents), n_boot=p.bootstrap, seed=p.seed)
     return {**status, "report": str(report),
             "ratings": {n: {"rating": round(float(ratings.rating[i]), 1), "lo": round(float(ratings.lo[i]), 1),
@@ -332,3 +408,42 @@ def conclude(run: Path, parent: Path, trained: dict, evaluated: dict, kept: str 
         (run / "NOT_PROMOTED.txt").write_text(decision["reason"] + f"\nThe {kept} {parent} is kept.\n")
     return update_lineage(run, status="done", tournament={k: v for k, v in evaluated.items() if k != "decision"},
                           decision=decision, promoted=decision["promoted"], reason=decision["reason"], output=output)
+
+
+# -- the phases of a learner that plays, learns and is judged ---------------------------------
+def play_phase(play_it: Callable[[], dict]) -> Phase:
+    """'play': `play_it()` plays the battles (RUN/battles/); the lineage's data.battles."""
+    return Phase("play", lambda done: play_it(), "played", lambda done: {"data": {"battles": done["play"]}})
+
+
+def build_phase(run: Path, sides: dict[str, str], labels: dict[str, Path] | None = None,
+                label_temperature: float = 1.0) -> Phase:
+    """'build': each role's trajectories from the logs plus its labels (`build_sides`), into the lineage's data."""
+    return Phase("build", lambda done: build_sides(run, sides, labels, label_temperature), "built",
+                 lambda done: {"data": {"battles": done["play"], **done["build"]}})
+
+
+def train_phase(train_it: Callable[[dict], dict]) -> Phase:
+    """'train': `train_it(done)` trains the child (resumable: unfinished until every step ran)."""
+    return Phase("train", train_it, "trained", lambda done: {"training": done["train"]}, finished=trained,
+                 pending="training")
+
+
+def evaluate_phase(pool: PlayConfig, promotion: PromotionConfig, run: Path, parent: Path, get_server) -> Phase:
+    """'evaluate': the promotion tournament of the child, `parent` and `pool` (resumable)."""
+    return Phase("evaluate", lambda done: evaluate(pool, promotion, run, parent, Path(done["train"]["checkpoint"]),
+                                                   get_server),
+                 "evaluated", lambda done: {"tournament": done["evaluate"]}, finished=judged, pending="evaluating")
+
+
+def judged(summary: dict) -> bool:
+    """Whether a promotion tournament has every battle played (and so a verdict)."""
+    return summary.get("decision") is not None
+
+
+def trained(summary: dict) -> bool:
+    """Whether a training phase ran all its steps (else it says how to go on)."""
+    if not summary["finished"]:
+        print(f"train: stopped at step {summary['steps']} of {summary['max_steps']}; "
+              "run the same command again to continue", flush=True)
+    return summary["finished"]

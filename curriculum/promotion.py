@@ -11,7 +11,8 @@ with bootstrap intervals (eval/ratings.py) then decide:
     gain                the bootstrap interval of the gain (child minus parent, both rated on
                         the same resampled battles) excludes zero
 
-`play_tournament` is the one place that talks to the tournament; `decide` is a pure
+`play_tournament` is the curriculum's one way into the tournament (promotion and the
+ablations' comparisons, curriculum/comparison.py, play through it); `decide` is a pure
 function of the ratings, so the rule can be tested on constructed results.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.ratings import Ratings, index_games, rate
+from eval.ratings import Ratings
 
 RULES = ("lower_above_parent", "disjoint", "gain")
 CHILD, PARENT = "child", "parent"
@@ -108,14 +109,6 @@ def decide(ratings: Ratings, *, child: str = CHILD, parent: str = PARENT,
     return Decision(promoted, reason, rule, level, cs, ps, gain, h2h, win_rates, ci)
 
 
-def rate_results(rows: Sequence[dict], names: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> Ratings:
-    """Ratings of `names` from tournament result rows (rows with an error are left out)."""
-    done = [r for r in rows if not r.get("error")]
-    a, b = index_games(names, [r["agent_a"] for r in done], [r["agent_b"] for r in done])
-    return rate(names, a, b, [r["score_a"] for r in done], n_boot=n_boot, seed=seed, level=level)
-
-
 def agent_names(specs: Sequence[str], reserved: Sequence[str] = (CHILD, PARENT)) -> dict[str, str]:
     """A unique tournament name for each opponent spec (`policy:runs/x` -> `policy_runs_x`)."""
     names: dict[str, str] = {}
@@ -132,7 +125,7 @@ def agent_names(specs: Sequence[str], reserved: Sequence[str] = (CHILD, PARENT))
 
 @dataclass
 class TournamentResult:
-    """Where a promotion tournament stands: its finished rows and whether the plan is done."""
+    """Where a tournament stands: its planned rows (finished or error) and whether the plan is done."""
 
     out: str
     planned: int
@@ -145,32 +138,42 @@ class TournamentResult:
     def complete(self) -> bool:
         return self.finished + self.errors >= self.planned
 
+    def counts(self) -> dict:
+        """The numbers without the rows, for a summary file."""
+        return {"out": self.out, "planned": self.planned, "finished": self.finished, "errors": self.errors,
+                "played_now": self.played_now}
 
-def play_tournament(agents: Mapping[str, str], *, battle_format: str, team_set: str, battles_per_pair: int,
-                    out: str | Path, seed: int = 0, concurrency: int = 16, bootstrap: int = 1000,
-                    max_battles: int = 0, server=None, progress: bool = True) -> TournamentResult:
-    """Play (or resume) the round-robin of `agents` (name -> spec) with eval.tournament."""
-    from eval.tournament import Tournament, TournamentConfig, latest_outcomes, read_results
 
-    cfg = TournamentConfig(agents=dict(agents), formats=[battle_format], team_sets=[team_set],
-                           battles_per_pair=battles_per_pair, seed=seed, out=str(out),
-                           concurrency=concurrency, bootstrap=bootstrap, max_battles=max_battles)
+def play_tournament(agents: Mapping[str, str], *, battle_format: str, team_set: str | Sequence[str],
+                    battles_per_pair: int, out: str | Path, seed: int = 0, concurrency: int = 16,
+                    bootstrap: int = 1000, anchor: str = "", max_battles: int = 0, server=None,
+                    progress: bool = True) -> TournamentResult:
+    """Play (or resume) the round-robin of `agents` (name -> spec) on one team set or several,
+    with eval/tournament.py; the outcome of every planned battle played so far."""
+    from eval.plan import TournamentConfig, latest_outcomes
+    from eval.tournament import Tournament
+
+    team_sets = [team_set] if isinstance(team_set, str) else list(team_set)
+    cfg = TournamentConfig(agents=dict(agents), formats=[battle_format], team_sets=team_sets,
+                           battles_per_pair=battles_per_pair, seed=seed, out=str(out), concurrency=concurrency,
+                           bootstrap=bootstrap, anchor=anchor, max_battles=max_battles)
     tournament = Tournament(cfg, servers=[server] if server is not None else None, progress=progress)
     summary = tournament.run()
     plan, rows, _ = tournament.prepare()
-    outcomes = latest_outcomes(read_results(out))
+    outcomes = latest_outcomes(rows)
     planned = [outcomes[p.key] for p in plan if p.key in outcomes]
     return TournamentResult(str(out), len(plan), sum(1 for r in planned if not r["error"]),
                             sum(1 for r in planned if r["error"]), planned, summary.played)
 
 
-def write_tournament_report(result: TournamentResult, names: Sequence[str], *, n_boot: int, seed: int) -> Path:
+def write_tournament_report(result: TournamentResult, names: Sequence[str], *, n_boot: int, seed: int,
+                            anchor: str = "", title: str = "") -> Path:
     """The tournament's Markdown report and plots (eval/report.py) under OUT/report."""
     from eval.report import write_report
 
     report = write_report(result.rows, list(names), Path(result.out) / "report", n_boot=n_boot, seed=seed,
-                          title=f"Promotion tournament {result.out}")
-    return report.files.get("report.md", Path(result.out) / "report")
+                          anchor=anchor or None, title=title or f"Promotion tournament {result.out}")
+    return report.files.get("report", Path(result.out) / "report")
 
 
 def describe(decision: Decision) -> str:
@@ -193,4 +196,4 @@ def describe(decision: Decision) -> str:
 
 
 __all__ = ["RULES", "Decision", "TournamentResult", "agent_names", "decide", "describe", "play_tournament",
-           "rate_results", "write_tournament_report"]
+           "write_tournament_report"]

@@ -148,5 +148,6 @@ def remove_temporaries(run_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     for folder in (run_dir, run_dir / "checkpoints"):
         clean_interrupted_saves(folder)
-    for name in ("metrics.jsonl", "wandb_id"):
-        (run_dir / f"{name}.tmp").unlink(missing_ok=True)
+    for name in ("metrics.jsonl", "wandb_id"):  # NAME.PID.tmp (battles/files.py), or NAME.tmp of older runs
+        for tmp in run_dir.glob(f"{name}*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """Curriculum stage 1: play a pool of opponents, learn from that play, promote only what is better.
 
-    python -m curriculum.selfplay [--config curriculum/configs/stage1.yaml] [key=value ...]
+    python -m curriculum.stage1_play [--config curriculum/configs/stage1.yaml] [key=value ...]
     scripts/curriculum_stage1.sh parent=runs/quickstart/pretrain/final battles=2000 run_dir=runs/stage1
 
 Reads top to bottom, one phase after another; each phase leaves a marker in RUN/phases/
@@ -22,15 +22,14 @@ when done, and running the same command again continues where it stopped:
               parent, the data, the config, the tournament and the verdict; `output` names
               the checkpoint the next stage starts from.
 
-Play, the learner's selection and the promotion tournament are curriculum/phases.py's,
-shared with stage 2 (curriculum/coach.py); training is this file's own.
+Play, the build, the promotion tournament and the phase runner are curriculum/phases.py's,
+the loss curriculum/losses.py's (`behaviour_cloning`); fine-tuning the parent is this file's own.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -38,31 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
-from battles.build import build
+from battles.config import recipe_main, to_dict
 from battles.dataset import DataMix, MixLoader, Selection, TrajectoryDataset, collate
 from battles.encode import ObservationEncoder
-from battles.shards import list_shards
-from battles.config import check_same_run, recipe_main, save_config, to_dict
-from curriculum.lineage import resolve_parent, update_lineage
-from curriculum.phases import (
-    PlayConfig,
-    PromotionConfig,
-    ServerOnDemand,
-    StageTrainerConfig,
-    conclude,
-    evaluate,
-    learner_matcher,
-    learner_stats,
-    mark,
-    phase_done,
-    play,
-    select_learner,
-    shard_sizes,
-    stop_here,
-)
+from curriculum import phases
+from curriculum.lineage import read_lineage, update_lineage
+from curriculum.losses import behaviour_cloning
+from curriculum.phases import PlayConfig, PromotionConfig, ServerOnDemand, StageTrainerConfig
 from curriculum.promotion import Decision, describe
 from curriculum.run_folder import owns_run_folder
 from curriculum.trainer import Trainer
@@ -72,8 +55,10 @@ log = logging.getLogger(__name__)
 
 PHASES = ("play", "build", "train", "evaluate")
 # Keys that may change between invocations of one run: they change how, not what, is computed.
-_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "promotion.concurrency", "promotion.max_battles",
-            "trainer.stop_after_steps", "trainer.max_steps", "trainer.wandb_mode", "trainer.log_every"}
+# (train_threads: a key of runs made before trainer.threads.)
+_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "trainer.threads", "promotion.concurrency",
+            "promotion.max_battles", "trainer.stop_after_steps", "trainer.max_steps", "trainer.wandb_mode",
+            "trainer.log_every"}
 
 
 @dataclass
@@ -111,7 +96,6 @@ class SelfPlayConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc"])
     lora_modules_to_save: list[str] = field(default_factory=list)  # e.g. [policy_head, value_head]
-    train_threads: int = 0  # torch threads while training (0: half the cores, at most 4)
     trainer: StageTrainerConfig = field(default_factory=StageTrainerConfig)  # max_steps: from epochs
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     stop_after: str = ""  # play | build | train | evaluate: stop once that phase is done
@@ -131,44 +115,6 @@ class SelfPlayConfig:
 
 
 # -- phase 3: train ---------------------------------------------------------------------------
-def stage_loss(cfg: SelfPlayConfig):
-    """Masked imitation of the learner's play (its wins only, or advantage-weighted) + value regression.
-
-    Imitating every own decision at the temperature it was sampled at leaves the policy where
-    it is in expectation; the signal comes from `wins_only` or `awr_beta`. The value head
-    always learns from every decision, so that wins-only imitation does not teach it that
-    every position is won.
-    """
-
-    def loss_fn(model, batch):
-        logits, value = model(batch["tokens"], batch["numbers"], batch["legal"])  # (B,T,13), (B,T)
-        action = batch["action"]  # (B, T); -1 where hidden or padding
-        outcome = batch["outcome"][:, None].expand_as(value)  # (B, T)
-        scored = batch["loss_mask"] & batch["mask"]
-        legal_target = batch["legal"].gather(-1, action.clamp(min=0)[..., None]).squeeze(-1)
-        bc = scored & (action >= 0) & legal_target
-        if cfg.wins_only:
-            bc = bc & (batch["outcome"] > 0)[:, None]
-        ce = F.cross_entropy(logits[bc].float(), action[bc], reduction="none")
-        if cfg.awr_beta > 0 and ce.numel():
-            # The critic is the model's own value head, detached: decisions that went better
-            # than expected are imitated more, worse ones less (advantage-weighted regression).
-            weight = torch.exp((outcome - value.detach())[bc].float() / cfg.awr_beta).clamp(max=cfg.awr_max_weight)
-            policy_loss = (weight * ce).sum() / weight.sum().clamp(min=1e-8)
-        else:
-            weight = torch.ones_like(ce)
-            policy_loss = ce.mean() if ce.numel() else logits.sum() * 0.0
-        value_loss = F.mse_loss(value[scored].float(), outcome[scored].float()) if scored.any() else value.sum() * 0.0
-        loss = policy_loss + cfg.value_weight * value_loss
-        with torch.no_grad():
-            acc = (logits[bc].argmax(-1) == action[bc]).float().mean() if bc.any() else torch.tensor(0.0)
-            ess = (weight.sum() ** 2 / (weight ** 2).sum().clamp(min=1e-8) / max(ce.numel(), 1)) if ce.numel() else 0.0
-        return loss, {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
-                      "acc": acc, "awr_ess": float(ess), "decisions": float(bc.sum())}
-
-    return loss_fn
-
-
 def build_model(cfg: SelfPlayConfig, parent: Path, encoder: ObservationEncoder):
     """The parent's weights, all trainable, or frozen under LoRA adapters (peft)."""
     model, _ = load_checkpoint(parent, expected_encoder_version=encoder.version, expected_vocab_hash=encoder.vocab.hash)
@@ -236,14 +182,11 @@ def parent_selection(cfg: SelfPlayConfig, parent: Path) -> dict:
 
 def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]) -> dict:
     """Fine-tune the parent on the learner's trajectories (resumes); returns the training summary."""
-    # Spinning intra-op threads on a busy machine cost far more than they give: a tiny model
-    # trained 6x slower with 2 threads than with 1 on a shared 2-core box.
-    torch.set_num_threads(cfg.train_threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
     encoder = ObservationEncoder()
     learner_dir = run / "learner"
     filters = {"formats": [cfg.format], "encoder_version": encoder.version, "val_fraction": cfg.val_fraction}
     windows = TrajectoryDataset(learner_dir, window=cfg.window, split="train", **filters).num_samples()
-    stats = learner_stats(learner_dir, cfg.val_fraction)
+    stats = phases.learner_stats(learner_dir, cfg.val_fraction)
     if windows == 0 or (cfg.wins_only and stats["wins"] == 0):
         raise ValueError(f"nothing to imitate in {learner_dir}: {stats['trajectories']} training trajectories, "
                          f"{stats['wins']} won (wins_only={cfg.wins_only}); play more battles, choose weaker "
@@ -279,7 +222,10 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
     # A DataLoader of its own generator: the default one draws from torch's global RNG when each
     # iterator starts, which would shift the dropout stream of a resumed run by one draw.
     loader = MixLoader(mix, batch_size=tcfg.batch_size, generator=torch.Generator().manual_seed(tcfg.seed))
-    trainer = Trainer(tcfg, run, model, stage_loss(cfg), loader,
+    # Imitating every own decision at the temperature it was sampled at leaves the policy where
+    # it is in expectation; the signal comes from `wins_only` or `awr_beta`.
+    loss = behaviour_cloning(cfg.value_weight, cfg.awr_beta, cfg.awr_max_weight, wins_only=cfg.wins_only)
+    trainer = Trainer(tcfg, run, model, loss, loader,
                       val_data=val_batches or None,
                       save_model=checkpoint_saver(cfg, encoder, parent, learner_dir, pretrain_data),
                       run_config={"recipe": "selfplay", **to_dict(cfg)})
@@ -300,76 +246,21 @@ def train(cfg: SelfPlayConfig, run: Path, parent: Path, pretrain_data: list[str]
 def run(cfg: SelfPlayConfig, server=None) -> dict:
     """Run (or resume) the stage described by `cfg` (on `server`, or its own); returns the lineage record."""
     rundir = Path(cfg.run_dir)
-    check_same_run(cfg, rundir, _MUTABLE, keep=("opponents",), fix="give a new run_dir for a new stage")
-    parent, parent_run = resolve_parent(cfg.parent)
-    info = read_checkpoint_info(parent)  # a missing or broken parent fails here, before any battle
-    encoder = ObservationEncoder()
-    if info.encoder_version != encoder.version or info.vocab_hash != encoder.vocab.hash:
-        raise ValueError(f"parent {parent} was trained with another encoder or vocabulary; retrain it with this Qabra")
-    rundir.mkdir(parents=True, exist_ok=True)
-    if not (rundir / "config.yaml").is_file():
-        save_config(cfg, rundir / "config.yaml")
+    parent, parent_run, _ = phases.start_run(cfg, rundir, cfg.parent, _MUTABLE, keep=("opponents",),
+                                             stage=cfg.stage, recipe="curriculum.stage1_play")
     pretrain_data = pretrain_data_of(parent, parent_run)
-    update_lineage(rundir, stage=cfg.stage, recipe="curriculum.selfplay", run=str(rundir),
-                   parent={"checkpoint": str(parent), "run": str(parent_run) if parent_run else None,
-                           "recipe": info.metadata.get("recipe"), "pretrain_data": pretrain_data},
-                   config=to_dict(cfg))
+    update_lineage(rundir, parent={**read_lineage(rundir)["parent"], "pretrain_data": pretrain_data})
     get_server = ServerOnDemand(server)  # started only when a phase needs it
     play_cfg = PlayConfig.of(cfg)
-    try:
-        # 1. play
-        played = phase_done(rundir, "play")
-        if played is None:
-            played = play(play_cfg, rundir, parent, get_server)
-            mark(rundir, "play", played)
-        record = update_lineage(rundir, status="played", data={"battles": played})
-        if stop_here(cfg.stop_after, "play"):
-            return record
-
-        # 2. build
-        built = phase_done(rundir, "build")
-        if built is None:
-            summary = build([rundir / "battles"], rundir / "trajectories")
-            print("build:", json.dumps(summary), flush=True)
-            learner = select_learner(rundir / "trajectories", rundir / "learner",
-                                     learner_matcher(parent, cfg.temperature))
-            built = {"build": summary, "learner": learner,
-                     "trajectories": shard_sizes(list_shards(rundir / "trajectories"))}
-            mark(rundir, "build", built)
-        record = update_lineage(rundir, status="built", data={
-            "battles": played, "build": built["build"], "trajectories": built["trajectories"],
-            "learner": built["learner"]})
-        if stop_here(cfg.stop_after, "build"):
-            return record
-
-        # 3. train
-        trained = phase_done(rundir, "train")
-        if trained is None:
-            trained = train(cfg, rundir, parent, pretrain_data)
-            if not trained["finished"]:
-                print(f"train: stopped at step {trained['steps']} of {trained['max_steps']}; "
-                      "run the same command again to continue", flush=True)
-                return update_lineage(rundir, status="training", training=trained)
-            mark(rundir, "train", trained)
-        record = update_lineage(rundir, status="trained", training=trained)
-        if stop_here(cfg.stop_after, "train"):
-            return record
-
-        # 4. evaluate
-        evaluated = phase_done(rundir, "evaluate")
-        if evaluated is None:
-            evaluated = evaluate(play_cfg, cfg.promotion, rundir, parent, Path(trained["checkpoint"]), get_server)
-            if evaluated.get("decision") is None:
-                return update_lineage(rundir, status="evaluating", tournament=evaluated)
-            mark(rundir, "evaluate", evaluated)
-        if stop_here(cfg.stop_after, "evaluate"):
-            return update_lineage(rundir, status="evaluated", tournament=evaluated)
-    finally:
-        get_server.stop()
-
-    # 5. decide
-    record = conclude(rundir, parent, trained, evaluated)
-    print_summary(record)
+    plan = [
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent, get_server)),
+        phases.build_phase(rundir, {"learner": phases.LEARNER}),
+        phases.train_phase(lambda done: train(cfg, rundir, parent, pretrain_data)),
+        phases.evaluate_phase(play_cfg, cfg.promotion, rundir, parent, get_server),
+    ]
+    record, decided = phases.run_and_decide(rundir, plan, cfg.stop_after, parent, server=get_server)  # 5. decide
+    if decided:
+        print_summary(record)
     return record
 
 

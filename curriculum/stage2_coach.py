@@ -1,6 +1,6 @@
 """Curriculum stage 2: a coach labels the student's own games; the student learns from the labels.
 
-    python -m curriculum.coach [--config curriculum/configs/stage2.yaml] [--rounds R] [key=value ...]
+    python -m curriculum.stage2_coach [--config curriculum/configs/stage2.yaml] [--rounds R] [key=value ...]
     scripts/curriculum_stage2.sh student=runs/stage1 coach=runs/coach/final rounds=2 run_dir=runs/stage2
 
 `rounds` rounds chain, each in its own stage run folder RUN/round-k/ (lineage.json, phases/,
@@ -11,11 +11,13 @@ again continues where it stopped (finished rounds and phases are not redone):
 
   1 play      stage 1's play: the student, sampling at `temperature`, plays `battles` battles
               against `opponents` (specs and weights; `self` is the student itself, `coach` the
-              coach, both at `temperature`). Against `self` both sides are the student's.
-  2 build     stage 1's build: trajectories of both sides, then the student's own into learner/.
+              coach, both at `temperature`). Against `self` both sides are the student's: each
+              battle records the sides the student played as `learner`.
+  2 build     the student's trajectories (the `learner` sides) from the logs into learner/.
   3 label     the coach (agents.coach.Coach at `coach_temperature`) writes its distribution over
-              the legal actions into every decision of learner/, offline; teacher_source says
-              which coach (shards it already labelled are skipped).
+              the legal actions of every decision of learner/ as a new label set
+              labels/coach-<version>/ (resumable; shards untouched), then learner-labelled/ is
+              built from the logs plus that label set (teacher_source says which coach).
   4 train     the student's weights, `steps` (or `epochs` passes) of exactly `decisions_per_step`
               decisions each, on
                   kl_weight    * KL(coach || student) over the legal actions (decisions with a label)
@@ -29,42 +31,31 @@ again continues where it stopped (finished rounds and phases are not redone):
 RUN/lineage.json sums the chain up (every round, its verdict and ratings); once all `rounds` are
 done its `output` is the last promoted student, so a later stage may take parent=RUN.
 
-Play, the student's selection and the promotion tournament are curriculum/phases.py's (shared
-with stage 1); the settings, the loss and the training are curriculum/coaching.py's (shared
-with the iteration ablation, curriculum/ablate_iteration.py, which runs this recipe as its chain).
+Play, the build, the promotion tournament and the phase runner are curriculum/phases.py's;
+training on the labels is curriculum/distill.py's (the iteration ablation, which runs this
+recipe as its chain, trains its controls with it too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
-from battles.build import build
-from battles.encode import ObservationEncoder
-from curriculum.coaching import COACH, SELF, CoachStageConfig, train_student
+from battles.build import build, by_role
 from battles.config import check_same_run, recipe_main, save_config, to_dict
+from curriculum import phases
+from curriculum.distill import COACH, SELF, CoachStageConfig, train_student
 from curriculum.lineage import LINEAGE, read_lineage, resolve_parent, update_lineage
-from curriculum.phases import (
-    PlayConfig,
-    ServerOnDemand,
-    conclude,
-    evaluate,
-    learner_matcher,
-    mark,
-    phase_done,
-    play,
-    select_learner,
-    stop_here,
-)
+from curriculum.phases import PlayConfig, ServerOnDemand
 from curriculum.promotion import Decision, describe
 from curriculum.run_folder import owns_run_folder
 from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between invocations: they change how, or how far, not what is computed.
-_MUTABLE = {"run_dir", "rounds", "stop_after", "concurrency", "train_threads", "label_batch_size",
+_MUTABLE = {"run_dir", "rounds", "stop_after", "concurrency", "train_threads", "trainer.threads", "label_batch_size",
             "promotion.concurrency", "promotion.max_battles", "trainer.stop_after_steps",
             "trainer.wandb_mode", "trainer.log_every"}
 
@@ -99,23 +90,23 @@ def tournament_config(cfg: CoachStageConfig, play_cfg: PlayConfig, coach: Path) 
     return dataclasses.replace(play_cfg, opponents=pool)
 
 
-def check_checkpoint(path: Path, what: str, encoder: ObservationEncoder) -> None:
-    """A missing checkpoint or one of another encoder fails before any battle."""
-    info = read_checkpoint_info(path)
-    if info.encoder_version != encoder.version or info.vocab_hash != encoder.vocab.hash:
-        raise ValueError(f"{what} {path} was trained with another encoder or vocabulary; retrain it with this Qabra")
-
-
 # -- phase 3: label -------------------------------------------------------------------------
-def label(cfg: CoachStageConfig, learner_dir: Path, coach: Path) -> dict:
-    """The coach's distribution written into every decision of the student's trajectories."""
+def label(cfg: CoachStageConfig, rundir: Path, coach: Path) -> dict:
+    """The coach's distribution over every decision of the student's trajectories, written as a new
+    label set RUN/labels/coach-<version>/; then the student's trajectories built again from the logs
+    plus those labels into RUN/learner-labelled/ (no shard is rewritten)."""
     from agents.coach import Coach
 
     teacher = Coach(coach, temperature=cfg.coach_temperature)
-    stats = teacher.label_shards(learner_dir, batch_size=cfg.label_batch_size)
+    manifest = teacher.write_labels(rundir / "learner", rundir / "labels", batch_size=cfg.label_batch_size,
+                                    progress=False)
+    stats = manifest["counts"]
+    built = build([rundir / "battles"], rundir / "learner-labelled", select=by_role(phases.LEARNER),
+                  labels=[manifest["path"]], progress=False)
     print(f"label: {stats['trajectories']} trajectories ({stats['decisions']} decisions) labelled by "
-          f"{teacher.source}; {stats['skipped_shards']} shard(s) labelled before", flush=True)
-    return {"coach": teacher.source, **stats}
+          f"{teacher.source} into {manifest['path']}; {stats['skipped_shards']} shard(s) labelled before; "
+          f"built with the labels: {json.dumps(built.get('labels', {}))}", flush=True)
+    return {"coach": teacher.source, "label_set": manifest["path"], **stats, "build": built}
 
 
 # -- one round ------------------------------------------------------------------------------
@@ -132,69 +123,25 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
     if not (rundir / "config.yaml").is_file():
         save_config({**to_dict(cfg), "run_dir": str(rundir), "student": str(student), "round": k,
                      "resolved_opponents": play_cfg.opponents}, rundir / "config.yaml")
-    update_lineage(rundir, stage=cfg.stage, round=k, recipe="curriculum.coach", run=str(rundir),
+    teacher = {"checkpoint": str(coach), "temperature": cfg.coach_temperature}
+    update_lineage(rundir, stage=cfg.stage, round=k, recipe="curriculum.stage2_coach", run=str(rundir),
                    parent={"checkpoint": str(student), "run": str(student_run) if student_run else None,
                            "recipe": read_checkpoint_info(student).metadata.get("recipe")},
-                   coach={"checkpoint": str(coach), "temperature": cfg.coach_temperature}, config=to_dict(cfg))
+                   coach=teacher, config=to_dict(cfg))
     print(f"\n== round {k} of {cfg.rounds}: student {student} ({rundir})", flush=True)
 
-    # 1. play
-    played = phase_done(rundir, "play")
-    if played is None:
-        played = play(play_cfg, rundir, student, get_server)
-        mark(rundir, "play", played)
-    record = update_lineage(rundir, status="played", data={"battles": played})
-    if stop_here(cfg.stop_after, "play"):
-        return record
-
-    # 2. build
-    built = phase_done(rundir, "build")
-    if built is None:
-        summary = build([rundir / "battles"], rundir / "trajectories")
-        learner = select_learner(rundir / "trajectories", rundir / "learner", learner_matcher(student, cfg.temperature))
-        built = {"build": summary, "learner": learner}
-        mark(rundir, "build", built)
-    record = update_lineage(rundir, status="built", data={"battles": played, **built})
-    if stop_here(cfg.stop_after, "build"):
-        return record
-
-    # 3. label
-    labelled = phase_done(rundir, "label")
-    if labelled is None:
-        labelled = label(cfg, rundir / "learner", coach)
-        mark(rundir, "label", labelled)
-    record = update_lineage(rundir, status="labelled", labels=labelled,
-                            coach={"checkpoint": str(coach), "temperature": cfg.coach_temperature,
-                                   "source": labelled["coach"]})
-    if stop_here(cfg.stop_after, "label"):
-        return record
-
-    # 4. train
-    trained = phase_done(rundir, "train")
-    if trained is None:
-        trained = train_student(cfg, rundir, student, [rundir / "learner"], coach_source=labelled["coach"])
-        if not trained["finished"]:
-            print(f"train: stopped at step {trained['steps']} of {trained['max_steps']}; "
-                  "run the same command again to continue", flush=True)
-            return update_lineage(rundir, status="training", training=trained)
-        mark(rundir, "train", trained)
-    record = update_lineage(rundir, status="trained", training=trained)
-    if stop_here(cfg.stop_after, "train"):
-        return record
-
-    # 5. evaluate
-    evaluated = phase_done(rundir, "evaluate")
-    if evaluated is None:
-        evaluated = evaluate(tournament_config(cfg, play_cfg, coach), cfg.promotion, rundir, student,
-                             Path(trained["checkpoint"]), get_server)
-        if evaluated.get("decision") is None:
-            return update_lineage(rundir, status="evaluating", tournament=evaluated)
-        mark(rundir, "evaluate", evaluated)
-    if stop_here(cfg.stop_after, "evaluate"):
-        return update_lineage(rundir, status="evaluated", tournament=evaluated)
-
-    # 6. decide
-    return conclude(rundir, student, trained, evaluated, kept="student")
+    plan = [
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, student, get_server,
+                                              roles={_policy(student, cfg.temperature): phases.LEARNER})),
+        phases.build_phase(rundir, {"learner": phases.LEARNER}),
+        phases.Phase("label", lambda done: label(cfg, rundir, coach), "labelled",
+                     lambda done: {"labels": done["label"], "coach": {**teacher, "source": done["label"]["coach"]}}),
+        phases.train_phase(lambda done: train_student(cfg, rundir, student, [rundir / "learner-labelled"],
+                                                      coach_source=done["label"]["coach"])),
+        phases.evaluate_phase(tournament_config(cfg, play_cfg, coach), cfg.promotion, rundir, student,
+                              get_server),
+    ]
+    return phases.run_and_decide(rundir, plan, cfg.stop_after, student, kept="student")[0]  # 6. decide
 
 
 # -- the recipe ------------------------------------------------------------------------------
@@ -221,15 +168,14 @@ def run(cfg: CoachStageConfig, server=None) -> dict:
                          "is larger or later than the student")
     root = Path(cfg.run_dir)
     check_same_run(cfg, root, _MUTABLE, keep=("opponents",))  # `rounds` may grow
-    encoder = ObservationEncoder()
     for what, path in (("student", cfg.student), ("coach", cfg.coach)):
         if not Path(path).exists():
             raise ValueError(f"{what} {path} does not exist; give {what}=PATH, a policy checkpoint or the run "
-                             "folder of a pretraining run or stage (e.g. python -m curriculum.pretrain preset=small)")
+                             "folder of a pretraining run or stage (e.g. python -m curriculum.stage0_pretrain preset=small)")
     student, student_run = resolve_parent(cfg.student)
     coach, coach_run = resolve_parent(cfg.coach)
-    check_checkpoint(student, "student", encoder)
-    check_checkpoint(coach, "coach", encoder)
+    phases.check_checkpoint(student, "student")
+    phases.check_checkpoint(coach, "coach")
     if student.resolve() == coach.resolve():
         raise ValueError(f"the coach and the student are the same checkpoint {student}; the coach should be a "
                          "larger or later model")
@@ -256,7 +202,7 @@ def run(cfg: CoachStageConfig, server=None) -> dict:
         get_server.stop()
     done = len(records) == cfg.rounds and records[-1].get("status") == "done"
     summary = update_lineage(
-        root, stage=cfg.stage, recipe="curriculum.coach", run=str(root), student=first,
+        root, stage=cfg.stage, recipe="curriculum.stage2_coach", run=str(root), student=first,
         coach={"checkpoint": str(coach), "run": str(coach_run) if coach_run else None,
                "temperature": cfg.coach_temperature},
         # The chain's parent is its last round (a stage run folder): lineage walks through every round.

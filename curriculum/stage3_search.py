@@ -1,6 +1,6 @@
 """Curriculum stage 3: learning from a search bot (agents/search.py, in the style of foul-play).
 
-    python -m curriculum.learn_from_search [--config curriculum/configs/stage3.yaml] [key=value ...]
+    python -m curriculum.stage3_search [--config curriculum/configs/stage3.yaml] [key=value ...]
     scripts/curriculum_stage3.sh parent=runs/stage2 run_dir=runs/stage3
 
 The searcher teaches three ways, and the student learns from all three, mixed by weights:
@@ -20,21 +20,22 @@ battles end, so a kill loses only the battles in flight):
   1 play      the parent (sampling at `temperature`, labelled by the searcher) plays `battles`
               battles against `opponents`; `search` there is the search bot (`search`, which
               records its own visit shares).
-  2 build     trajectories of both sides (battles.build); the student's into student/, the
-              search bot's into expert/.
-  3 label     the recorded labels written into those trajectories as teacher probabilities
-              (agents.search_labels.attach_labels), sharpened by `label_temperature` (a short
-              search's visit shares are close to uniform; a decision searched with fewer than
-              `label_min_visits` simulations per root choice has no label at all, counted as
-              shallow, with a warning to raise `label_ms` past 10%); a trajectory whose labels do not
-              match it (room, side, decision count, 90% of the actions) is counted and left
-              out, never guessed; a single decision whose actions differ gets no label.
+  2 build     the student's sides (role `learner`, recorded with each battle) into student/ and
+              the search bot's (role `expert`) into expert/, built from the logs plus the label
+              sets recorded while playing (labels/student, labels/expert; battles/labels.py): each
+              label joins exactly the decision it was made for (its index in that side's
+              requests), sharpened by `label_temperature` (a short search's visit shares are
+              close to uniform; a decision searched with fewer than `label_min_visits`
+              simulations per root choice has no label at all, counted as shallow); a label that
+              finds no decision is counted by reason, never guessed.
+  3 label     the labelled trajectories kept apart (student-labelled/, expert-labelled/), with
+              a warning to raise `label_ms` when more than 10% of decisions were shallow.
   4 train     the parent's weights on the labelled trajectories, sampling the sources by
               `sources` weights ({student: w, expert: w}), each step exactly
               `decisions_per_step` decisions of
                   kl_weight * KL(search || student) + win_weight * won-battle imitation
                 + value_weight * (value - outcome)^2
-              (curriculum/coaching.py's trainer and loss; resumes from RUN/state).
+              (curriculum/distill.py's training, curriculum/losses.py's loss; resumes from RUN/state).
   5 evaluate  stage 1's promotion tournament: child, parent and the opponents (the search bot
               included), then stage 1's rule; RUN/lineage.json gets the verdict and `output`.
 """
@@ -48,45 +49,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.registry import parse_spec
-from agents.search_labels import MIN_VISITS, attach_labels
-from battles.build import build
-from battles.encode import ObservationEncoder
+from agents.search_labels import MIN_VISITS
+from battles.config import recipe_main
 from battles.shards import list_shards
-from curriculum.coaching import train_student
-from battles.config import check_same_run, recipe_main, save_config, to_dict
-from curriculum.lineage import resolve_parent, update_lineage
-from curriculum.phases import (
-    PlayConfig,
-    PromotionConfig,
-    ServerOnDemand,
-    StageTrainerConfig,
-    conclude,
-    evaluate,
-    learner_matcher,
-    learner_stats,
-    mark,
-    phase_done,
-    play,
-    select_rows,
-    shard_sizes,
-    stop_here,
-)
+from curriculum import phases
+from curriculum.distill import DistillSettings, train_student
+from curriculum.phases import PlayConfig, PromotionConfig, ServerOnDemand
 from curriculum.promotion import Decision, describe
 from curriculum.run_folder import owns_run_folder
-from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
 
 PHASES = ("play", "build", "label", "train", "evaluate")
 SEARCH = "search"  # the opponent name that stands for the search bot
 SOURCES = ("student", "expert")
-_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "promotion.concurrency",
+EXPERT = "expert"  # the role of the search bot's side in the battles (recorded with each)
+# (train_threads: a key of runs made before trainer.threads.)
+_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "trainer.threads", "promotion.concurrency",
             "promotion.max_battles", "trainer.stop_after_steps", "trainer.wandb_mode", "trainer.log_every"}
 
 
 @dataclass
-class SearchStageConfig:
-    """Stage 3's settings: the parent, the search bot, what the student plays, learns and is judged by."""
+class SearchStageConfig(DistillSettings):
+    """Stage 3's settings: the parent, the search bot, what the student plays and is judged by, the
+    sources it learns from; how it learns (kl_weight, win_weight, value_weight, epochs, steps,
+    decisions_per_step, window, val_fraction, trainer) is DistillSettings'."""
 
     run_dir: str = "runs/stage3"
     stage: str = "stage3"
@@ -107,20 +94,11 @@ class SearchStageConfig:
     seed: int = 0
     # learning
     sources: dict[str, float] = field(default_factory=lambda: {"student": 1.0, "expert": 0.5})
-    kl_weight: float = 1.0
-    win_weight: float = 0.5
-    value_weight: float = 0.5
-    epochs: float = 3.0
-    steps: int = 0  # > 0: exactly this many steps instead of `epochs`
-    decisions_per_step: int = 512
-    window: int = 64
-    val_fraction: float = 0.05
-    train_threads: int = 0
-    trainer: StageTrainerConfig = field(default_factory=StageTrainerConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     stop_after: str = ""  # play | build | label | train | evaluate
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if parse_spec(self.search).kind != "search":
             raise ValueError(f"search={self.search!r}: give a search bot spec, e.g. search:ms=300")
         if "labels" in parse_spec(self.search).params:
@@ -138,8 +116,6 @@ class SearchStageConfig:
         if set(self.sources) - set(SOURCES) or any(not w >= 0 for w in self.sources.values()) or \
                 sum(self.sources.values()) <= 0:
             raise ValueError(f"sources={self.sources}: weights >= 0 with a positive sum over {', '.join(SOURCES)}")
-        if min(self.kl_weight, self.win_weight, self.value_weight) < 0 or self.kl_weight + self.win_weight <= 0:
-            raise ValueError(f"kl_weight={self.kl_weight}, win_weight={self.win_weight}: must be >= 0 and not both 0")
         if self.stop_after not in ("", *PHASES):
             raise ValueError(f"stop_after={self.stop_after!r}: use one of {', '.join(PHASES)} or leave it empty")
         if SEARCH not in self.opponents and self.sources.get("expert", 0) > 0:
@@ -177,16 +153,46 @@ def student_params(cfg: SearchStageConfig, rundir: Path) -> str:
                                                              if cfg.label_below < 1 else ""))
 
 
-def is_search(spec: str | None) -> bool:
-    return bool(spec) and parse_spec(spec).kind == "search"
+def expert_roles(play_cfg: PlayConfig) -> dict[str, str]:
+    """The search bots among the opponents play as `expert` (their own visit shares are labels)."""
+    return {spec: EXPERT for spec in play_cfg.opponents if parse_spec(spec).kind == "search"}
 
 
 def keep_labelled(src: Path, out: Path, prefix: str) -> dict:
     """The trajectories of `src` that got their labels, into `out`."""
     if not list_shards(src):
         out.mkdir(parents=True, exist_ok=True)
-        return learner_stats(out)
-    return select_rows(src, out, lambda table: [s is not None for s in table["teacher_source"].to_pylist()], prefix)
+        return phases.learner_stats(out)
+    return phases.select_rows(src, out, lambda table: [s is not None for s in table["teacher_source"].to_pylist()],
+                              prefix)
+
+
+# -- phases 3 and 4: label, train ------------------------------------------------------------------
+def label(cfg: SearchStageConfig, rundir: Path, built: dict) -> dict:
+    """The trajectories the recorded visit shares labelled (joined at the build), kept apart."""
+    labelled = {}
+    for source in SOURCES:
+        counts = built[source].get("labels", {})
+        kept = keep_labelled(rundir / source, rundir / f"{source}-labelled", source)
+        labelled[source] = {"joined": counts, "kept": kept}
+        print(f"label: {source}: {kept['trajectories']} trajectories ({kept['decisions']} decisions) "
+              f"labelled; {json.dumps(counts)}", flush=True)
+        shallow = counts.get("shallow_decisions", 0)
+        if shallow > 0.1 * max(kept["decisions"], 1):
+            budget = f"label_ms (now {cfg.label_ms})" if source == "student" else f"the bot's ms ({cfg.search})"
+            print(f"label: warning: {shallow} {source} decisions had fewer than {cfg.label_min_visits:g} "
+                  f"simulations per choice and no label; raise {budget}", flush=True)
+    return labelled
+
+
+def train(cfg: SearchStageConfig, rundir: Path, parent: Path, labelled: dict) -> dict:
+    """The parent trained on the labelled sources, sampled by their `sources` weights."""
+    mix = {s: (w, [rundir / f"{s}-labelled"]) for s, w in cfg.sources.items()
+           if w > 0 and labelled[s]["kept"]["decisions"] > 0}
+    if not mix:
+        raise ValueError(f"no labelled decisions to learn from in {rundir}: play more battles")
+    return train_student(cfg, rundir, parent, [p for _, ps in mix.values() for p in ps],
+                         coach_source=cfg.search, recipe="learn_from_search", mix=mix)
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -194,101 +200,29 @@ def keep_labelled(src: Path, out: Path, prefix: str) -> dict:
 def run(cfg: SearchStageConfig, server=None) -> dict:
     """Run (or resume) stage 3 (on `server`, or its own); returns the lineage record."""
     rundir = Path(cfg.run_dir)
-    check_same_run(cfg, rundir, _MUTABLE, keep=("opponents", "sources"), fix="give a new run_dir for a new stage")
-    parent, parent_run = resolve_parent(cfg.parent)
-    info = read_checkpoint_info(parent)  # a missing or broken parent fails here, before any battle
-    encoder = ObservationEncoder()
-    if info.encoder_version != encoder.version or info.vocab_hash != encoder.vocab.hash:
-        raise ValueError(f"parent {parent} was trained with another encoder or vocabulary; retrain it with this Qabra")
-    rundir.mkdir(parents=True, exist_ok=True)
-    if not (rundir / "config.yaml").is_file():
-        save_config(cfg, rundir / "config.yaml")
-    update_lineage(rundir, stage=cfg.stage, recipe="curriculum.learn_from_search", run=str(rundir),
-                   parent={"checkpoint": str(parent), "run": str(parent_run) if parent_run else None,
-                           "recipe": info.metadata.get("recipe")},
-                   search={"bot": cfg.search, "label_ms": cfg.label_ms, "label_samples": cfg.label_samples},
-                   config=to_dict(cfg))
+    search = {"bot": cfg.search, "label_ms": cfg.label_ms, "label_samples": cfg.label_samples}
+    parent, _, _ = phases.start_run(cfg, rundir, cfg.parent, _MUTABLE, keep=("opponents", "sources"),
+                                    stage=cfg.stage, recipe="curriculum.stage3_search", search=search)
     get_server = ServerOnDemand(server)
-    try:
+    play_cfg = play_config(cfg, rundir)
+    plan = [
         # 1. play: the student labelled by a searcher; the search bot recording its own shares
-        played = phase_done(rundir, "play")
-        if played is None:
-            played = play(play_config(cfg, rundir), rundir, parent, get_server, student_params(cfg, rundir))
-            mark(rundir, "play", played)
-        record = update_lineage(rundir, status="played", data={"battles": played})
-        if stop_here(cfg.stop_after, "play"):
-            return record
-
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent, get_server, student_params(cfg, rundir),
+                                              roles=expert_roles(play_cfg))),
         # 2. build: both sides' trajectories; the student's and the search bot's apart
-        built = phase_done(rundir, "build")
-        if built is None:
-            summary = build([rundir / "battles"], rundir / "trajectories")
-            print("build:", json.dumps(summary), flush=True)
-            is_student = learner_matcher(parent, cfg.temperature)
-            sides = {"student": select_rows(rundir / "trajectories", rundir / "student",
-                                            lambda t: [is_student(a) for a in t["agent"].to_pylist()], "student"),
-                     "expert": select_rows(rundir / "trajectories", rundir / "expert",
-                                           lambda t: [is_search(a) for a in t["agent"].to_pylist()], "expert")}
-            built = {"build": summary, **sides, "trajectories": shard_sizes(list_shards(rundir / "trajectories"))}
-            mark(rundir, "build", built)
-        record = update_lineage(rundir, status="built", data={"battles": played, **built})
-        if stop_here(cfg.stop_after, "build"):
-            return record
-
+        phases.build_phase(rundir, {"student": phases.LEARNER, "expert": EXPERT},
+                           labels={s: rundir / "labels" / s for s in SOURCES}, label_temperature=cfg.label_temperature),
         # 3. label: the recorded visit shares into the trajectories they belong to
-        labelled = phase_done(rundir, "label")
-        if labelled is None:
-            labelled = {}
-            for source in SOURCES:
-                counts = attach_labels(rundir / source, rundir / "labels" / source, cfg.label_temperature)
-                kept = keep_labelled(rundir / source, rundir / f"{source}-labelled", source)
-                labelled[source] = {"attach": counts, "kept": kept}
-                print(f"label: {source}: {kept['trajectories']} trajectories ({kept['decisions']} decisions) "
-                      f"labelled; {json.dumps(counts)}", flush=True)
-                shallow = counts.get("shallow_decisions", 0)
-                if shallow > 0.1 * max(kept["decisions"], 1):
-                    budget = f"label_ms (now {cfg.label_ms})" if source == "student" else f"the bot's ms ({cfg.search})"
-                    print(f"label: warning: {shallow} {source} decisions had fewer than {cfg.label_min_visits:g} "
-                          f"simulations per choice and no label; raise {budget}", flush=True)
-            mark(rundir, "label", labelled)
-        record = update_lineage(rundir, status="labelled", labels=labelled)
-        if stop_here(cfg.stop_after, "label"):
-            return record
-
+        phases.Phase("label", lambda done: label(cfg, rundir, done["build"]["build"]), "labelled",
+                     lambda done: {"labels": done["label"]}),
         # 4. train: the sources sampled by weight
-        trained = phase_done(rundir, "train")
-        if trained is None:
-            mix = {s: (w, [rundir / f"{s}-labelled"]) for s, w in cfg.sources.items()
-                   if w > 0 and labelled[s]["kept"]["decisions"] > 0}
-            if not mix:
-                raise ValueError(f"no labelled decisions to learn from in {rundir}: play more battles")
-            trained = train_student(cfg, rundir, parent, [p for _, ps in mix.values() for p in ps],
-                                    coach_source=cfg.search, recipe="learn_from_search", mix=mix)
-            if not trained["finished"]:
-                print(f"train: stopped at step {trained['steps']} of {trained['max_steps']}; "
-                      "run the same command again to continue", flush=True)
-                return update_lineage(rundir, status="training", training=trained)
-            mark(rundir, "train", trained)
-        record = update_lineage(rundir, status="trained", training=trained)
-        if stop_here(cfg.stop_after, "train"):
-            return record
-
+        phases.train_phase(lambda done: train(cfg, rundir, parent, done["label"])),
         # 5. evaluate
-        evaluated = phase_done(rundir, "evaluate")
-        if evaluated is None:
-            evaluated = evaluate(pool_config(cfg), cfg.promotion, rundir, parent, Path(trained["checkpoint"]),
-                                 get_server)
-            if evaluated.get("decision") is None:
-                return update_lineage(rundir, status="evaluating", tournament=evaluated)
-            mark(rundir, "evaluate", evaluated)
-        if stop_here(cfg.stop_after, "evaluate"):
-            return update_lineage(rundir, status="evaluated", tournament=evaluated)
-    finally:
-        get_server.stop()
-
-    # 6. decide
-    record = conclude(rundir, parent, trained, evaluated)
-    print_summary(record)
+        phases.evaluate_phase(pool_config(cfg), cfg.promotion, rundir, parent, get_server),
+    ]
+    record, decided = phases.run_and_decide(rundir, plan, cfg.stop_after, parent, server=get_server)  # 6. decide
+    if decided:
+        print_summary(record)
     return record
 
 

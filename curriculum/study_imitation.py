@@ -31,21 +31,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from battles.build import build
+from battles.config import check_same_run, recipe_main, save_config
 from battles.dataset import Selection
 from battles.encode import ObservationEncoder
-from battles.logs import count_battles
-from battles.shards import list_shards
-from battles.config import check_same_run, recipe_main, save_config
-from curriculum.imitation import PretrainConfig, validation_batches
-from curriculum.phases import ServerOnDemand, write_json
-from curriculum.pretrain import run as pretrain
+from battles.files import write_atomic, write_json
+from curriculum.imitation import PretrainConfig, train_imitation, validation_batches
+from curriculum.phases import ServerOnDemand
 from curriculum.run_folder import owns_run_folder
+from curriculum.teacher_games import TeacherGames, play_teacher_games, teacher_decisions
 from curriculum.trainer import TrainerConfig
-from eval.match import Match, folder_name, play_over_team_sets
+from eval.match import folder_name, play_over_team_sets
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -56,16 +53,12 @@ _MUTABLE = {"run_dir", "concurrency", "eval_concurrency", "threads", "stop_after
 
 
 @dataclass
-class StudyConfig:
-    """Teachers, data sizes, presets, and how each point is trained and judged."""
+class StudyConfig(TeacherGames):
+    """Teachers, data sizes, presets, and how each point is trained and judged (and, from
+    TeacherGames, how the teachers' games are played: format, team sets, sparring, rounds)."""
 
     run_dir: str = "runs/imitation_study"
-    format: str = "gen1ou"
-    team_sets: list[str] = field(default_factory=lambda: ["competitive", "replay", "variety"])
     teachers: list[str] = field(default_factory=lambda: ["tactician"])
-    sparring: list[str] = field(default_factory=lambda: ["maxbp", "bestdamage", "heuristic"])
-    mirror_share: float = 0.75  # of each round's battles, the teacher against itself
-    round_battles: int = 600  # battles per round of play, over pairings and team sets
     decisions: list[int] = field(default_factory=lambda: [10_000, 30_000, 100_000, 300_000, 1_000_000])
     presets: list[str] = field(default_factory=lambda: ["tiny", "small"])
     epochs: float = 3.0
@@ -76,10 +69,8 @@ class StudyConfig:
     lr: float = 1e-3
     judges: list[str] = field(default_factory=lambda: ["maxbp", "bestdamage"])
     eval_battles: int = 200  # per pair, split over the team sets
-    concurrency: int = 16
     eval_concurrency: int = 8
     threads: int = 1
-    seed: int = 0
     val_fraction: float = 0.05  # battles held out for agreement and calibration
     stop_after_steps: int = 0  # > 0: stop this invocation after so many training steps of a point
 
@@ -88,54 +79,12 @@ class StudyConfig:
             raise ValueError("teachers, decisions and presets each need at least one value")
         if any(d < 1000 for d in self.decisions):
             raise ValueError(f"decisions={self.decisions}: each point needs at least 1,000 decisions")
-        if not 0.0 <= self.mirror_share <= 1.0:
-            raise ValueError(f"mirror_share={self.mirror_share}: must be in [0, 1]")
+        super().__post_init__()
         if self.eval_battles < len(self.team_sets):
             raise ValueError(f"eval_battles={self.eval_battles}: at least one per team set")
 
 
 _slug = folder_name
-
-
-def teacher_decisions(traj_dir: Path, teacher: str) -> int:
-    """Decisions the teacher made in the built trajectories (training and held-out)."""
-    total = 0
-    for shard in list_shards(traj_dir) if traj_dir.exists() else []:
-        table = pq.read_table(shard, columns=["agent", "n_decisions"])
-        agent = np.array(table["agent"].to_pylist(), dtype=object)
-        total += int(np.asarray(table["n_decisions"])[agent == teacher].sum())
-    return total
-
-
-# -- 1 and 2: the teacher's games, built --------------------------------------------------
-def play_and_build(cfg: StudyConfig, run: Path, teacher: str, servers: ServerOnDemand) -> dict:
-    """Rounds of the teacher's games until its decisions exceed the largest point; built."""
-    games, traj = run / "games" / _slug(teacher), run / "trajectories" / _slug(teacher)
-    want = max(cfg.decisions) / (1.0 - cfg.val_fraction)  # the held-out share is not trained on
-    pairings = [(teacher, cfg.mirror_share)] + [
-        (s, (1.0 - cfg.mirror_share) / max(len(cfg.sparring), 1)) for s in cfg.sparring]
-    k = 0
-    while True:
-        have = teacher_decisions(traj, teacher)
-        if have >= want:
-            break
-        round_dir = games / f"round-{k:03d}"
-        for i, (opponent, share) in enumerate(pairings):
-            per_set = max(1, round(cfg.round_battles * share / len(cfg.team_sets)))
-            for j, team_set in enumerate(cfg.team_sets):
-                out = round_dir / f"{_slug(opponent)}-{team_set}"
-                done = count_battles(out) if out.exists() else 0
-                if done < per_set and share > 0:
-                    Match(teacher, opponent, battle_format=cfg.format, team_set=team_set, n=per_set - done,
-                          out_dir=out, concurrency=cfg.concurrency, seed=cfg.seed + 1000 * k + 10 * i + j + done,
-                          server=servers(), progress=False).run()
-        build([round_dir], traj, progress=False)
-        print(f"play: {teacher} round {k} ({count_battles(round_dir)} battles): "
-              f"{teacher_decisions(traj, teacher):,} teacher decisions "
-              f"(want {want:,.0f})", flush=True)
-        k += 1
-    return {"teacher": teacher, "decisions": teacher_decisions(traj, teacher), "rounds": k,
-            "battles": count_battles(games) if games.exists() else 0}
 
 
 # -- 3: one point -------------------------------------------------------------------------
@@ -148,12 +97,12 @@ def point_config(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisio
     trainer = TrainerConfig(max_steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             warmup_steps=min(100, steps // 10), eval_every=max(100, steps // 5),
                             checkpoint_every=max(10, min(500, steps // 4)), log_every=50, seed=cfg.seed,
-                            stop_after_steps=cfg.stop_after_steps, wandb_mode="disabled")
+                            stop_after_steps=cfg.stop_after_steps, wandb_mode="disabled", threads=cfg.threads)
     return PretrainConfig(
         run_dir=str(run / "points" / f"{_slug(teacher)}-{preset}-{decisions}"),
         data=[str(run / "trajectories" / _slug(teacher))], mix={"selfplay": 1.0},
         select={"selfplay": Selection(agents=[teacher])}, formats=[cfg.format],
-        preset=preset, window=cfg.window, subset=subset, val_fraction=cfg.val_fraction, threads=cfg.threads, trainer=trainer,
+        preset=preset, window=cfg.window, subset=subset, val_fraction=cfg.val_fraction, trainer=trainer,
     )
 
 
@@ -213,7 +162,7 @@ def run_point(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisions:
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.monotonic()
-    result = pretrain(pre)
+    result = train_imitation(pre)
     if not result.finished:
         return None
     train_s = time.monotonic() - t0
@@ -226,7 +175,7 @@ def run_point(cfg: StudyConfig, run: Path, teacher: str, preset: str, decisions:
     row = {"teacher": teacher, "preset": preset, "decisions": decisions,
            "trained_decisions": round(available * (1.0 - cfg.val_fraction) * pre.subset), "steps": result.step,
            **stats, "against": against, "train_s": round(train_s), "eval_s": round(time.monotonic() - t1)}
-    write_json(row, done)
+    write_json(done, row)
     return row
 
 
@@ -238,7 +187,7 @@ def finished_points(run: Path) -> list[dict]:
 
 def report(cfg: StudyConfig, run: Path, rows: list[dict]) -> None:
     """study.md, study.json and study.png from the given points."""
-    write_json(rows, run / "study.json")
+    write_json(run / "study.json", rows)
     names = [cfg.teachers[0], *cfg.judges] if len(cfg.teachers) == 1 else ["teacher", *cfg.judges]
     head = ("| teacher | preset | decisions | agreement | Brier | ECE | "
             + " | ".join(f"vs {n}" for n in names) + " | train s | eval s |")
@@ -255,7 +204,7 @@ def report(cfg: StudyConfig, run: Path, rows: list[dict]) -> None:
         lines.append(f"| {r['teacher']} | {r['preset']} | {r['trained_decisions']:,} | {r['agreement']:.3f} | "
                      f"{r['brier']:.3f} | {r['ece']:.3f} | " + " | ".join(cells)
                      + f" | {r['train_s']} | {r['eval_s']} |")
-    (run / "study.md").write_text("\n".join(lines) + "\n")
+    write_atomic(run / "study.md", "\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,8 +244,9 @@ def run(cfg: StudyConfig, server=None) -> list[dict]:
     rows = []
     try:
         for teacher in cfg.teachers:
-            played = play_and_build(cfg, run_dir, teacher, servers)
-            write_json(played, run_dir / "phases" / f"play-{_slug(teacher)}.json")
+            want = max(cfg.decisions) / (1.0 - cfg.val_fraction)  # the held-out share is not trained on
+            played = play_teacher_games(cfg, run_dir, teacher, want, servers)
+            write_json(run_dir / "phases" / f"play-{_slug(teacher)}.json", played)
             for preset in cfg.presets:
                 for decisions in sorted(cfg.decisions):
                     row = run_point(cfg, run_dir, teacher, preset, decisions, servers)

@@ -81,7 +81,7 @@ def describe_exit(returncode: int, tail: list[str]) -> str:
         cause += ("; SIGKILL comes from outside the program: the kernel's out-of-memory killer "
                   "(see `dmesg`), a preempted machine, or a person")
     elif "out of memory" in text.lower():
-        cause += "; out of GPU memory: lower trainer.batch_size (see python -m curriculum.memory)"
+        cause += "; out of GPU memory: lower trainer.batch_size (see python scripts/estimate_memory.py)"
     return cause
 
 

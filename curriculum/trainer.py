@@ -54,6 +54,7 @@ from accelerate.utils import (
 )
 from tqdm import tqdm
 
+from battles.files import write_atomic, write_json
 from curriculum import distributed
 from curriculum.run_folder import logged_metrics, remove_temporaries, run_dir_lock
 
@@ -94,6 +95,7 @@ class TrainerConfig:
     stop_after_steps: int = 0  # >0: stop this invocation after that many steps (time-boxed chunks)
     wandb_project: str = "qabra"
     wandb_mode: str = "offline"  # offline | online | disabled
+    threads: int = 0  # torch's intra-op threads while training (0: half the cores, at most 4)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -102,6 +104,8 @@ class TrainerConfig:
             raise ValueError(f"mixed_precision must be auto|no|bf16|fp16, got {self.mixed_precision!r}")
         if self.wandb_mode not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb_mode must be offline|online|disabled, got {self.wandb_mode!r}")
+        if self.threads < 0:
+            raise ValueError(f"trainer.threads={self.threads}: must be >= 0 (0: half the cores, at most 4)")
         for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every", "log_every", "keep_states"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -162,12 +166,21 @@ def finished_result(run_dir: str | Path, cfg: TrainerConfig, *, checkpoints: boo
     return TrainResult(step, True, final if checkpoints else None, last, val)
 
 
+def set_threads(threads: int) -> None:
+    """Torch's intra-op threads (0: half the cores, at most 4). Spinning threads on a busy machine
+    cost far more than they give: on a shared 2-core box a step took ~8x longer with torch's
+    default of two than with one."""
+    torch.set_num_threads(threads or min(4, max(1, (os.cpu_count() or 2) // 2)))
+
+
 def make_accelerator(cfg: TrainerConfig) -> Accelerator:
-    """The run's Accelerator, made safely: NCCL defaults, a guarded rendezvous, a pre-flight.
+    """The process's training set-up, made safely: torch's threads (`cfg.threads`; the one place
+    every recipe's are set), NCCL defaults, a guarded rendezvous, a pre-flight.
 
     Call it before building datasets (they split data by the rank of the process group)
-    and pass it to Trainer. On CPU several processes use gloo.
+    and pass it to Trainer (which makes one when not given). On CPU several processes use gloo.
     """
+    set_threads(cfg.threads)
     started = torch.distributed.is_available() and torch.distributed.is_initialized()
     settings = [] if started else distributed.setup_nccl_environment()
     precision = cfg.mixed_precision
@@ -200,12 +213,6 @@ def _unsharded_class(model: torch.nn.Module) -> type:
     from torch.distributed.fsdp import FSDPModule
 
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
-
-
-def _atomic_dump_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def _check_data_ranks(train_data: Any, num_processes: int) -> None:
@@ -295,11 +302,9 @@ class Trainer:
         self.accelerator.save_state(str(tmp))
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            _atomic_dump_json(
-                {"step": self.step, "data": self.train_data.state_dict(), "wandb_id": self.wandb_id,
-                 "world_size": self.accelerator.num_processes, "param_digests": digests},
-                tmp / "trainer.json",
-            )
+            write_json(tmp / "trainer.json",
+                       {"step": self.step, "data": self.train_data.state_dict(), "wandb_id": self.wandb_id,
+                        "world_size": self.accelerator.num_processes, "param_digests": digests})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for _, old in _step_folders(states)[: -self.cfg.keep_states]:
@@ -343,9 +348,7 @@ class Trainer:
                 damaged += 1
         if damaged:
             log.warning("dropped %d damaged line(s) from %s", damaged, self.metrics_path)
-        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def _log(self, record: dict) -> None:
         if not self.is_main:
@@ -369,9 +372,7 @@ class Trainer:
             self.wandb_id = path.read_text().strip()
         else:
             self.wandb_id = os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(self.wandb_id + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, self.wandb_id + "\n")
 
     def _start_wandb(self) -> None:
         if not self.is_main or self.cfg.wandb_mode == "disabled":

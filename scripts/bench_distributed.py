@@ -59,7 +59,7 @@ def free_port() -> int:
 def run(processes: int, data: Path, run_dir: Path, args, threads: int) -> float:
     """Decisions/s of one pretraining run with `processes` ranks (median after warm-up)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(free_port()), "-m", "curriculum.pretrain",
+               "--master_port", str(free_port()), "-m", "curriculum.stage0_pretrain",
                f"data=[{data}]", f"run_dir={run_dir}", f"preset={args.preset}", "window=64",
                "mix=selfplay:1", "val_fraction=0.0",
                f"trainer.max_steps={args.steps}", f"trainer.batch_size={args.global_batch // processes}",

@@ -13,6 +13,7 @@
    the competitive, replay and variety team sets; prints the ratings and what each stage gained.
 
 Every step resumes: the games, the trainings and the tournaments keep what they finished.
+Stages 1 and 3 run as their own commands (python -m curriculum.stage1_play / stage3_search).
 Settings (key=value): run_dir, decisions, preset, steps, stage1_battles, stage3_battles,
 search, final_battles, stages (e.g. stages=[imitation,stage1] to stop earlier).
 """
@@ -22,19 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.registry import parse_spec
 from battles.config import load_config
-from curriculum.imitation import PretrainConfig
-from curriculum.learn_from_search import SearchStageConfig
-from curriculum.learn_from_search import run as stage3
-from curriculum.phases import ServerOnDemand, write_json
-from curriculum.pretrain import run as pretrain
-from curriculum.selfplay import SelfPlayConfig
-from curriculum.selfplay import run as stage1
-from curriculum.study_imitation import StudyConfig, play_and_build
+from battles.files import write_json
+from curriculum.imitation import PretrainConfig, train_imitation
+from curriculum.lineage import read_lineage
+from curriculum.phases import ServerOnDemand
+from curriculum.teacher_games import TeacherGames, play_teacher_games
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "tactician"
@@ -67,6 +67,15 @@ def output_of(run: Path) -> Path:
     return Path(json.loads((run / "lineage.json").read_text())["output"])
 
 
+def run_stage(module: str, config: str, overrides: list[str]) -> dict:
+    """Run (or resume) a stage as its own command; its lineage record."""
+    cmd = [sys.executable, "-m", module, "--config", str(REPO / config), *overrides]
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed; run the same command again to resume")
+    run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run_dir="))
+    return read_lineage(run_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. decisions=300000 stages=[imitation,stage1]")
@@ -82,42 +91,40 @@ def main() -> None:
     gained = {}
     try:
         # 1-2. the teacher's games, and imitation of its decisions
-        study = StudyConfig(run_dir=str(run / "teacher"), decisions=[cfg.decisions], presets=[cfg.preset])
-        played = play_and_build(study, run / "teacher", TEACHER, servers)
+        want = cfg.decisions / (1.0 - PretrainConfig.val_fraction)  # the held-out share is not trained on
+        played = play_teacher_games(TeacherGames(), run / "teacher", TEACHER, want, servers)
         print(f"teacher: {played['decisions']:,} tactician decisions in {played['battles']:,} battles", flush=True)
         pre = load_config(PretrainConfig, None, [
             f"run_dir={run / 'imitation'}", f"data=[{run / 'teacher' / 'trajectories' / TEACHER}]",
             "mix=selfplay:1.0", f"select.selfplay.agents=[{TEACHER}]", "formats=[gen1ou]",
             f"preset={cfg.preset}", f"trainer.max_steps={cfg.steps}", "trainer.lr=1e-3", "trainer.batch_size=16",
             "trainer.warmup_steps=100", "trainer.eval_every=1000", "trainer.checkpoint_every=500",
-            "trainer.log_every=100", "window=64", f"threads={cfg.threads}",
+            "trainer.log_every=100", "window=64", f"trainer.threads={cfg.threads}",
         ])
-        pretrain(pre)
+        train_imitation(pre)
         best = run / "imitation" / "final"
         agents = {"imitation": f"policy:{best}"}
         if "stage1" in cfg.stages:
-            s1 = load_config(SelfPlayConfig, REPO / "curriculum/configs/stage1.yaml", [
+            lineage = run_stage("curriculum.stage1_play", "curriculum/configs/stage1.yaml", [
                 f"run_dir={run / 'stage1'}", f"parent={best}", f"battles={cfg.stage1_battles}",
                 f"opponents={{{TEACHER}: 0.6, 'policy:{best}': 0.2, bestdamage: 0.2}}",
-                f"train_threads={cfg.threads}", "promotion.temperature=0",
+                f"trainer.threads={cfg.threads}", "promotion.temperature=0",
             ])
-            lineage = stage1(s1, servers())
             gained["stage1"] = lineage.get("decision")
             if lineage.get("promoted"):
                 best = output_of(run / "stage1")
                 agents["stage1"] = f"policy:{best}"
         if "stage3" in cfg.stages:
-            s3 = load_config(SearchStageConfig, REPO / "curriculum/configs/stage3.yaml", [
+            lineage = run_stage("curriculum.stage3_search", "curriculum/configs/stage3.yaml", [
                 f"run_dir={run / 'stage3'}", f"parent={best}", f"battles={cfg.stage3_battles}",
                 f"search={cfg.search}", f"label_ms={parse_spec(cfg.search).params.get('ms', 1000)}",
-                f"train_threads={cfg.threads}",
+                f"trainer.threads={cfg.threads}",
             ])
-            lineage = stage3(s3, servers())
             gained["stage3"] = lineage.get("decision")
             if lineage.get("promoted"):
                 best = output_of(run / "stage3")
                 agents["stage3"] = f"policy:{best}"
-        write_json({"best": str(best), "agents": agents, "gained": gained}, run / "chain.json")
+        write_json(run / "chain.json", {"best": str(best), "agents": agents, "gained": gained})
         for stage, decision in gained.items():
             verdict = "promoted" if (decision or {}).get("promoted") else "not promoted"
             print(f"{stage}: {verdict}: {(decision or {}).get('reason', '')}", flush=True)

@@ -1,6 +1,6 @@
 """Peak GPU memory of a training step, and the largest micro-batch that fits.
 
-    python -m curriculum.memory --preset large --gpu-gb 40 [--context 256] [--no-bf16]
+    python scripts/estimate_memory.py --preset large --gpu-gb 40 [--context 256] [--no-bf16]
         [--strategy fsdp|ddp|single] [--world-size 8] [--global-batch 512]
 
 Per GPU, a step holds: the fp32 parameters, their fp32 gradients, Adam's two fp32 moments

@@ -11,11 +11,11 @@ card and the quickstart print) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
+from battles.files import write_json
 from battles.server import ShowdownServer
 from eval.match import play_over_team_sets
 
@@ -49,10 +49,7 @@ def main() -> None:
             print(f"{name:12} {r['battles']:>5} {rows[-1]['winrate']:>7.3f}  [{lo:.3f}, {hi:.3f}]  {by_set}", flush=True)
     result = {"spec": args.agent, "format": args.format, "team_sets": args.team_sets, "results": rows,
               "seconds": round(time.monotonic() - t0)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "results.json")
+    write_json(out / "results.json", result)
     print(f"results: {out / 'results.json'}")
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.search_value import COLUMNS, WEIGHTS_FILE, fit_weights, log_loss, rows  # noqa: E402
+from battles.files import write_atomic  # noqa: E402
 from battles.logs import read_battle_logs  # noqa: E402
 
 
@@ -75,11 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     table["formats"][args.format] = {"weights": {k: round(float(v), 4) for k, v in zip(COLUMNS, weights, strict=True)},
                                      "fit": report}
     table.setdefault("default", args.format)  # what formats without a fit of their own use
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=args.out.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(table, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, args.out)
+    write_atomic(args.out, json.dumps(table, indent=1) + "\n")
     print(json.dumps({"format": args.format, **table["formats"][args.format]}))
     return table["formats"][args.format]
 

@@ -7,7 +7,7 @@ Prints, on the first CUDA device:
      `large` (AdamW, windows of each preset's full context, synthetic decisions of the
      encoder's real sizes: the speed of the model, not of the data loader);
   2. `large`'s peak memory in one training step under a 40 GB cap set in torch (the card that
-     failed in the published run), beside curriculum/memory.py's prediction for the same
+     failed in the published run), beside scripts/estimate_memory.py's prediction for the same
      micro-batch;
   3. the batched decision latency of 256 concurrent battles (one new decision each, through
      the per-battle key/value caches, as the policy player does).
@@ -25,9 +25,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from estimate_memory import (  # scripts/estimate_memory.py, beside this file
+    GB,
+    estimate,
+    largest_micro_batch,
+)
 
 from battles.encode import ObservationEncoder
-from curriculum.memory import GB, estimate, largest_micro_batch
 from models.policy import PolicyConfig, PolicyTransformer
 
 # Dense bf16 peak FLOP/s (no sparsity) by a substring of torch.cuda.get_device_name().

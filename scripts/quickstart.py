@@ -1,18 +1,22 @@
-"""The quickstart pipeline (see scripts/quickstart.sh). Each step skips what is done."""
+"""The quickstart pipeline (see scripts/quickstart.sh). Each step skips what is done.
+
+    python scripts/quickstart.py [--config FILE.yaml] [key=value ...]
+    python scripts/quickstart.py --battles 400 --steps 1500 --eval-n 100 --preset tiny --out runs/qs
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from battles.build import build
+from battles.config import load_config, recipe_main
+from battles.files import write_json
 from battles.logs import count_battles
-from battles.config import load_config
-from curriculum.imitation import PretrainConfig
-from curriculum.pretrain import run as pretrain
+from curriculum.imitation import PretrainConfig, train_imitation
 from eval.match import Match
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,17 +29,32 @@ DATA_PAIRS = [("tactician", 0.6), ("maxbp", 0.15), ("bestdamage", 0.15), ("heuri
 OPPONENTS = ["random", "maxbp", "tactician"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Qabra quickstart: battles -> trajectories -> policy -> evaluation")
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--battles", type=int, default=1000, help="the teacher's battles to learn from")
-    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--eval-n", type=int, default=100, help="battles per opponent in the evaluation")
-    parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("poke_env").setLevel(logging.CRITICAL)
+@dataclass
+class QuickstartConfig:
+    """How much of each step."""
+
+    out: str = "runs/quickstart"  # relative to the repository
+    battles: int = 1000  # the teacher's battles to learn from
+    steps: int = 2000  # pretraining steps
+    preset: str = "tiny"
+    eval_n: int = 100  # battles per opponent in the evaluation
+    concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        for key in ("battles", "steps", "eval_n", "concurrency"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: must be at least 1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = ["--eval_n" if a == "--eval-n" else a for a in (sys.argv[1:] if argv is None else argv)]  # the old spelling
+    recipe_main(QuickstartConfig, quickstart, argv, example="battles=400 steps=1500",
+                description="Qabra quickstart: battles -> trajectories -> policy -> evaluation",
+                flags={"out": str, "battles": int, "steps": int, "preset": str, "eval_n": int, "concurrency": int})
+
+
+def quickstart(args: QuickstartConfig) -> None:
+    """The four steps, each skipping what is done."""
     out = REPO / args.out
     t0 = time.monotonic()
     timings = {}
@@ -66,9 +85,9 @@ def main() -> None:
         f"select.selfplay.agents=[{TEACHER}]",
         f"formats=[{FORMAT}]", f"preset={args.preset}", f"trainer.max_steps={args.steps}",
         "trainer.batch_size=16", "trainer.lr=1e-3", "trainer.warmup_steps=100", "trainer.eval_every=500",
-        "trainer.checkpoint_every=500", "trainer.log_every=50", "window=64", "threads=1",
+        "trainer.checkpoint_every=500", "trainer.log_every=50", "window=64", "trainer.threads=1",
     ])
-    pretrain(cfg)
+    train_imitation(cfg)
     timings["pretrain_s"] = round(time.monotonic() - t, 1)
 
     # 4. The trained policy (greedy: its best guess of the teacher's move) against each opponent.
@@ -95,7 +114,7 @@ def main() -> None:
             print(f"{r['opponent']:12} {r['battles']:>7} {r['winrate']:>8.3f}   [{lo:.3f}, {hi:.3f}]")
     summary = {"format": FORMAT, "policy": policy, "preset": args.preset, "steps": args.steps,
                "data": built, "results": rows, "timings": timings, "bundled": bundled}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     print(f"\nsummary: {out / 'summary.json'} ({timings['total_s']:.0f}s)")
 
 

@@ -1,17 +1,25 @@
-"""The promotion rule on constructed tournament results, and the stage config's guards (no server)."""
+"""The promotion rule and the tournament report on constructed results, and the stage config's guards (no server)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import yaml
 
-from curriculum import selfplay
 from battles.config import check_same_run, load_config, save_config
-from curriculum.phases import apportion, learner_matcher, learner_spec
-from curriculum.promotion import agent_names, decide, describe, rate_results
-from curriculum.selfplay import SelfPlayConfig
+from curriculum import stage1_play as selfplay
+from curriculum.phases import apportion
+from curriculum.promotion import (
+    TournamentResult,
+    agent_names,
+    decide,
+    describe,
+    write_tournament_report,
+)
+from curriculum.stage1_play import SelfPlayConfig
+from eval.report import rate_rows
 
 AGENTS = ["child", "parent", "tactician", "maxbp"]
 
@@ -34,7 +42,7 @@ def field(child_vs_parent: float, child_vs_tact: float, child_vs_maxbp: float) -
 
 
 def ratings(scores, **kw):
-    return rate_results(rows_from(scores, **kw), AGENTS, n_boot=400, seed=1)
+    return rate_rows(rows_from(scores, **kw), AGENTS, n_boot=400, seed=1)
 
 
 def test_a_clearly_better_child_is_promoted():
@@ -95,6 +103,18 @@ def test_error_rows_are_left_out():
     assert noisy.child == clean.child and noisy.parent == clean.parent
 
 
+def test_the_tournament_report_is_written_from_the_rows_and_named(tmp_path):
+    rows = [{**r, "spec_a": r["agent_a"], "spec_b": r["agent_b"], "format": "gen1ou", "team_set": "competitive",
+             "key": str(k), "attempts": 1} for k, r in enumerate(rows_from(field(0.75, 0.65, 0.85), n=8, errors=1))]
+    done = sum(1 for r in rows if not r["error"])
+    result = TournamentResult(str(tmp_path), len(rows), done, len(rows) - done, rows, played_now=0)
+    assert result.complete and not dataclasses.replace(result, planned=len(rows) + 1).complete
+    path = write_tournament_report(result, AGENTS, n_boot=20, seed=0, anchor="maxbp", title="Promotion test")
+    assert path == tmp_path / "report" / "report.md"
+    text = path.read_text()
+    assert text.startswith("# Promotion test") and "maxbp at 1500" in text and f"{done} finished battles" in text
+
+
 def test_bad_rule_and_missing_agents_are_clear_errors():
     r = ratings(field(0.75, 0.65, 0.85))
     with pytest.raises(ValueError, match="rule 'best'"):
@@ -117,14 +137,6 @@ def test_apportion_splits_battles_by_weight():
     assert sum(counts.values()) == 7 and max(counts.values()) - min(counts.values()) == 1
     assert apportion(5, {"a": 1.0, "b": 0.0}) == {"a": 5, "b": 0}
 
-
-def test_learner_is_recognised_by_checkpoint_and_temperature(tmp_path):
-    is_learner = learner_matcher(tmp_path / "ckpt", 1.0)
-    assert is_learner(learner_spec(tmp_path / "ckpt", 1.0, seed=3))
-    assert is_learner(f"policy:{tmp_path / 'x' / '..' / 'ckpt'}")  # the same folder, default temperature
-    assert not is_learner(learner_spec(tmp_path / "ckpt", 0.5, seed=3))
-    assert not is_learner(f"policy:{tmp_path / 'ckpt'},greedy=true")
-    assert not is_learner("tactician") and not is_learner(None)
 
 
 @pytest.mark.parametrize("override,message", [
