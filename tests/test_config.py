@@ -38,12 +38,12 @@ def test_errors_name_the_key():
 def test_every_shipped_recipe_config_loads():
     """Each curriculum/configs/*.yaml that a recipe reads loads and validates (the rest are
     accelerate's launch configs)."""
-    from curriculum.ablate import AblateConfig
+    from curriculum.ablate_data_mix import AblateConfig
     from curriculum.ablate_iteration import IterationAblationConfig
-    from curriculum.coaching import CoachStageConfig
     from curriculum.imitation import PretrainConfig
-    from curriculum.learn_from_search import SearchStageConfig
-    from curriculum.selfplay import SelfPlayConfig
+    from curriculum.stage1_play import SelfPlayConfig
+    from curriculum.stage2_coach import CoachStageConfig
+    from curriculum.stage3_search import SearchStageConfig
 
     recipes = {"ablate_gen1ou": AblateConfig, "ablate_smoke": AblateConfig, "pretrain_large": PretrainConfig,
                "stage1": SelfPlayConfig, "stage1_lora": SelfPlayConfig, "stage1_smoke": SelfPlayConfig,

@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def pretrain_command(data: Path, run_dir: Path, steps: int = STEPS) -> list[str]:
     return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-            "-m", "curriculum.pretrain", f"data=[{data}]", f"run_dir={run_dir}", "window=16",
+            "-m", "curriculum.stage0_pretrain", f"data=[{data}]", f"run_dir={run_dir}", "window=16",
             "val_fraction=0.2", "dropout=0.0",
             f"trainer.max_steps={steps}", "trainer.batch_size=4", "trainer.warmup_steps=2",
             "trainer.checkpoint_every=5", "trainer.eval_every=10", "trainer.eval_batches=2",
@@ -117,7 +117,7 @@ def test_killed_rank_is_restarted_and_the_run_matches(shards, uninterrupted, tmp
         if steps and steps[-1] >= 7:  # past the state at step 5, before the end
             for child in psutil.Process(sup.pid).children(recursive=True):
                 try:
-                    if child.environ().get("RANK") == "1" and "curriculum.pretrain" in " ".join(child.cmdline()):
+                    if child.environ().get("RANK") == "1" and "curriculum.stage0_pretrain" in " ".join(child.cmdline()):
                         child.send_signal(signal.SIGKILL)
                         killed = steps[-1]
                 except psutil.Error:
@@ -197,13 +197,20 @@ def test_diagnosis_names_the_setting_to_try():
 
 
 def test_shipped_accelerate_configs_resolve(monkeypatch):
+    import importlib.util
+    import sys
+
     from accelerate import FullyShardedDataParallelPlugin
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     from battles.config import load_config
     from curriculum.imitation import PretrainConfig
-    from curriculum.memory import GB, estimate
+
+    spec = importlib.util.spec_from_file_location("estimate_memory", REPO / "scripts" / "estimate_memory.py")
+    estimate_memory = sys.modules["estimate_memory"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(estimate_memory)
+    GB, estimate = estimate_memory.GB, estimate_memory.estimate
     from models.policy import Block, PolicyConfig
 
     envs, gpus = {}, {}

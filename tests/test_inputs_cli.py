@@ -23,8 +23,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ])
 def test_pretrain_errors_after_the_config_loads_are_one_line(tmp_path, trajectories, override, named):  # noqa: F811
     args = [f"run_dir={tmp_path / 'run'}", f"data=[{trajectories}]", "mix=human:1.0", "trainer.max_steps=2",
-            "trainer.wandb_mode=disabled", "threads=1", override]
-    done = subprocess.run([sys.executable, "-m", "curriculum.pretrain", *args], cwd=REPO, env=ENV,
+            "trainer.wandb_mode=disabled", "trainer.threads=1", override]
+    done = subprocess.run([sys.executable, "-m", "curriculum.stage0_pretrain", *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
@@ -45,8 +45,8 @@ def test_pretraining_on_a_damaged_shard_names_the_file(tmp_path, trajectories): 
     raw[middle - 200:middle + 200] = bytes(400)  # the footer stays readable: the damage is found reading data
     shard.write_bytes(bytes(raw))
     args = [f"run_dir={tmp_path / 'run'}", f"data=[{data}]", "mix=human:1.0", "window=16", "trainer.max_steps=2",
-            "trainer.wandb_mode=disabled", "threads=1"]
-    done = subprocess.run([sys.executable, "-m", "curriculum.pretrain", *args], cwd=REPO, env=ENV,
+            "trainer.wandb_mode=disabled", "trainer.threads=1"]
+    done = subprocess.run([sys.executable, "-m", "curriculum.stage0_pretrain", *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from curriculum.memory import GB, count_parameters, estimate, largest_micro_batch, main
 from models.policy import PolicyConfig, PolicyTransformer
+
+_spec = importlib.util.spec_from_file_location(
+    "estimate_memory", Path(__file__).resolve().parents[1] / "scripts" / "estimate_memory.py")
+estimate_memory = sys.modules["estimate_memory"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(estimate_memory)
+GB, count_parameters, estimate = estimate_memory.GB, estimate_memory.count_parameters, estimate_memory.estimate
+largest_micro_batch, main = estimate_memory.largest_micro_batch, estimate_memory.main
 
 TOLERANCE = 0.10  # relative; the formulas count each saved tensor, so misses are small
 

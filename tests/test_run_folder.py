@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from battles.build import build
 from battles.config import load_config
 from curriculum.imitation import PretrainConfig
-from curriculum.pretrain import run as pretrain
+from curriculum.imitation import train_imitation as pretrain
 from curriculum.run_folder import LOCK_NAME
 from curriculum.trainer import Trainer, TrainerConfig
 from tests.test_trainer import SyntheticBattles, bc_loss, make_model
@@ -36,7 +36,7 @@ def trajectories(tmp_path_factory) -> Path:
 
 
 def pretrain_args(run_dir: Path, data: Path) -> list[str]:
-    return [f"run_dir={run_dir}", f"data=[{data}]", "mix=human:1.0", "window=16", "val_fraction=0.3", "threads=1",
+    return [f"run_dir={run_dir}", f"data=[{data}]", "mix=human:1.0", "window=16", "val_fraction=0.3", "trainer.threads=1",
             "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=2", "trainer.log_every=1",
             "trainer.batch_size=4", "trainer.wandb_mode=disabled"]
 
@@ -59,7 +59,7 @@ def test_a_second_command_on_a_running_folder_stops_and_the_first_is_unharmed(tm
     def loss_then_second_command(model, batch):
         if not second and model.training:  # mid-training: the first run holds the folder now
             second.append(subprocess.run(
-                [sys.executable, "-m", "curriculum.pretrain", *pretrain_args(run_dir, trajectories)],
+                [sys.executable, "-m", "curriculum.stage0_pretrain", *pretrain_args(run_dir, trajectories)],
                 cwd=REPO, env=ENV, capture_output=True, text=True))
         return bc_loss(model, batch)
 
@@ -78,6 +78,22 @@ def test_a_second_command_on_a_running_folder_stops_and_the_first_is_unharmed(tm
     assert metric_steps(run_dir) == list(range(1, 9))  # every step once
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
     assert (run_dir / LOCK_NAME).read_text() == ""  # released
+
+
+def test_stage0_stopped_and_resumed_learns_what_an_uninterrupted_run_learns(tmp_path, trajectories):
+    full = pretrain(load_config(PretrainConfig, None, pretrain_args(tmp_path / "full", trajectories)))
+    stopped = pretrain(load_config(PretrainConfig, None, [*pretrain_args(tmp_path / "split", trajectories),
+                                                          "trainer.stop_after_steps=3"]))
+    assert stopped.step == 3 and not stopped.finished
+    resumed = pretrain(load_config(PretrainConfig, None, pretrain_args(tmp_path / "split", trajectories)))
+    assert full.finished and resumed.finished and resumed.step == full.step == 4
+
+    def losses(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], round(r["loss"], 6)) for r in rows if "loss" in r]
+
+    assert [s for s, _ in losses(tmp_path / "split")] == [1, 2, 3, 4]
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
 
 
 def test_a_crashed_owner_leaves_no_stuck_lock(tmp_path):
@@ -155,7 +171,7 @@ def test_sigkill_during_a_save_then_resume_keeps_every_checkpoint_and_metrics_on
             "checkpoint save": lambda p: p.name.startswith(".step-") and ".tmp-" in p.name,
             "final save": lambda p: p.name.startswith(".final.tmp-")}[during]
     args = pretrain_args(run_dir, trajectories)
-    proc = subprocess.Popen([sys.executable, "-m", "curriculum.pretrain", *args], cwd=REPO, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "curriculum.stage0_pretrain", *args], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_when(run_dir, proc, seen), f"the run ended before any {during} was seen"
     result = pretrain(load_config(PretrainConfig, None, args))
@@ -166,7 +182,7 @@ def test_sigkill_during_a_save_then_resume_keeps_every_checkpoint_and_metrics_on
     assert sorted(p.name for p in run_dir.rglob(".*")) == []
 
 
-@pytest.mark.parametrize("recipe", ["curriculum.selfplay", "curriculum.learn_from_search", "curriculum.coach",
+@pytest.mark.parametrize("recipe", ["curriculum.stage1_play", "curriculum.stage3_search", "curriculum.stage2_coach",
                                     "curriculum.study_imitation"])
 def test_every_recipe_refuses_a_folder_in_use_before_it_plays(tmp_path, recipe):
     """Another process holds the folder: the recipe stops at once with one line, writing nothing
@@ -179,8 +195,8 @@ def test_every_recipe_refuses_a_folder_in_use_before_it_plays(tmp_path, recipe):
         assert holder.stdout.readline().strip() == "held"
         args = [f"run_dir={run_dir}", "parent=models/bundled/qabra-gen1ou", "coach=models/bundled/qabra-gen1ou",
                 "student=models/bundled/qabra-gen1ou"]
-        known = {"curriculum.selfplay": args[:2], "curriculum.learn_from_search": args[:2],
-                 "curriculum.coach": [args[0], args[2], args[3]], "curriculum.study_imitation": args[:1]}[recipe]
+        known = {"curriculum.stage1_play": args[:2], "curriculum.stage3_search": args[:2],
+                 "curriculum.stage2_coach": [args[0], args[2], args[3]], "curriculum.study_imitation": args[:1]}[recipe]
         done = subprocess.run([sys.executable, "-m", recipe, *known], cwd=REPO, env=ENV, capture_output=True,
                               text=True, timeout=120)
     finally:

@@ -18,13 +18,14 @@ import pytest
 import torch
 
 from battles.build import build
+from battles.config import load_config
 from battles.logs import count_battles, read_battle_logs
 from battles.shards import list_shards
-from curriculum import selfplay
-from battles.config import load_config
+from curriculum import stage1_play as selfplay
 from curriculum.imitation import PretrainConfig
+from curriculum.imitation import train_imitation as pretrain
 from curriculum.lineage import chain, format_chain
-from curriculum.pretrain import run as pretrain
+from curriculum.losses import behaviour_cloning
 from eval.match import Match
 from eval.tournament import read_results
 from models.checkpoint import load_checkpoint
@@ -47,16 +48,15 @@ def test_loss_imitates_wins_only_but_values_every_decision():
     torch.manual_seed(0)
     model = PolicyTransformer(PolicyConfig.preset("tiny", vocab_size=50, n_tokens=4, n_numbers=3))
     batch = toy_batch()
-    cfg = lambda *o: load_config(selfplay.SelfPlayConfig, None, list(o))  # noqa: E731
-    _, every = selfplay.stage_loss(cfg())(model, batch)
-    _, wins = selfplay.stage_loss(cfg("wins_only=true"))(model, batch)
+    _, every = behaviour_cloning(0.5)(model, batch)
+    _, wins = behaviour_cloning(0.5, wins_only=True)(model, batch)
     assert every["decisions"] == 10 and wins["decisions"] == 5
     assert wins["value_loss"] == every["value_loss"]  # the critic still sees the lost battle
     won_only = {k: v[:1] for k, v in batch.items()}
-    _, reference = selfplay.stage_loss(cfg())(model, won_only)
+    _, reference = behaviour_cloning(0.5)(model, won_only)
     assert wins["policy_loss"] == pytest.approx(float(reference["policy_loss"]))
     # Advantage weighting: the won battle's decisions weigh more than the lost one's.
-    _, awr = selfplay.stage_loss(cfg("awr_beta=0.5"))(model, batch)
+    _, awr = behaviour_cloning(0.5, awr_beta=0.5)(model, batch)
     assert awr["awr_ess"] < 1.0
     assert abs(float(awr["policy_loss"]) - float(reference["policy_loss"])) < abs(
         float(every["policy_loss"]) - float(reference["policy_loss"]))
@@ -92,7 +92,7 @@ def built(tmp_path_factory, parent, showdown):
     run = tmp_path_factory.mktemp("stage") / "built"
     seen = {"play": selfplay.run(stage_cfg(run, parent, "stop_after=play"), server=showdown)}
     seen["battles_after_play"] = snapshot(run / "battles")
-    seen["trajectories_after_play"] = (run / "trajectories").exists()
+    seen["trajectories_after_play"] = (run / "learner").exists()
     seen["build"] = selfplay.run(stage_cfg(run, parent, "stop_after=build"), server=showdown)
     return run, seen
 
@@ -108,11 +108,12 @@ def test_play_and_build_resume_without_redoing_work(built, parent):
     assert snapshot(run / "battles") == seen["battles_after_play"]
     record = seen["build"]
     assert record["status"] == "built"
-    assert sum(pq.read_metadata(p).num_rows for p in list_shards(run / "trajectories")) == 24  # both sides
-    # Only the learner's own side is learned from: one trajectory per battle, and it is the policy's.
+    # Only the learner's own side (its role recorded with each battle) is built: one trajectory a battle.
     learner = pq.read_table(list_shards(run / "learner"), columns=["agent", "battle_id", "outcome"]).to_pylist()
     assert len(learner) == 12 == len({r["battle_id"] for r in learner}) == record["data"]["learner"]["trajectories"]
     assert all(r["agent"].startswith(f"policy:{parent},temperature=1,seed=") for r in learner)
+    roles = pq.read_table(list_shards(run / "battles"), columns=["roles"])["roles"].to_pylist()
+    assert all(json.loads(r) == {"p1": "learner"} for r in roles)
     wins = sum(b["learner_wins"] for b in battles.values())
     assert wins == sum(r["outcome"] == 1 for r in learner)
     sizes = record["data"]["learner"]["shards"]
@@ -120,19 +121,18 @@ def test_play_and_build_resume_without_redoing_work(built, parent):
 
 
 @pytest.mark.server
-def test_killed_while_selecting_rebuilds_only_the_selection(built, parent, showdown, tmp_path):
+def test_killed_while_building_resumes_the_build(built, parent, showdown, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(built[0], run)
-    before = snapshot(run / "trajectories")
+    before = snapshot(run / "learner")
     rows = pq.read_table(list_shards(run / "learner")).num_rows
-    # As if killed after the trajectories were built but while the learner's side was copied.
+    # As if killed while the learner's trajectories were written: the marker missing, a half shard left.
     (run / "phases" / "build.json").unlink()
-    shutil.rmtree(run / "learner")
-    (run / "learner.tmp").mkdir()
-    (run / "learner.tmp" / "learner-00000.parquet").write_bytes(b"half a shard")
+    half = run / "learner" / "learner-99999.parquet.4194305.tmp"  # a pid no process has here
+    half.write_bytes(b"half a shard")
     selfplay.run(stage_cfg(run, parent, "stop_after=build"), server=showdown)
-    assert snapshot(run / "trajectories") == before  # every battle was already built: nothing rebuilt
-    assert pq.read_table(list_shards(run / "learner")).num_rows == rows and not (run / "learner.tmp").exists()
+    assert snapshot(run / "learner") == before  # every battle was already built: nothing rebuilt
+    assert pq.read_table(list_shards(run / "learner")).num_rows == rows and not half.exists()
 
 
 def losses(run):
@@ -209,7 +209,7 @@ def test_lora_fine_tuning_saves_a_plain_merged_checkpoint(built, parent, showdow
 def test_killed_while_playing_resumes_to_exactly_the_planned_battles(parent, showdown, tmp_path):
     run = tmp_path / "killed"
     overrides = ["battles=24", "shard_battles=3", "opponents={maxbp: 1.0}", "stop_after=play"]
-    cmd = [sys.executable, "-m", "curriculum.selfplay", "--config", str(SMOKE), f"run_dir={run}",
+    cmd = [sys.executable, "-m", "curriculum.stage1_play", "--config", str(SMOKE), f"run_dir={run}",
            f"parent={parent}", "concurrency=6", "steps=0", "epochs=2", "trainer.batch_size=4",
            "parent_data_share=0.3", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

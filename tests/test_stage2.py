@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from battles.config import load_config
 from battles.encode import ObservationEncoder
 from battles.logs import count_battles
 from battles.shards import list_shards
 from battles.trajectories import read_trajectories
-from curriculum import coach as stage2
-from curriculum.coaching import CoachStageConfig, coach_loss
-from battles.config import load_config
+from curriculum import stage2_coach as stage2
 from curriculum.lineage import chain, format_chain, resolve_parent
+from curriculum.losses import teacher_loss
+from curriculum.stage2_coach import CoachStageConfig
 from eval.tournament import read_results
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.policy import PolicyConfig, PolicyTransformer
@@ -52,17 +54,17 @@ def test_loss_is_kl_to_the_coach_plus_won_imitation():
     p = batch["teacher"][..., :3]
     want_kl = (p * (p.log() - q.log())).sum(-1).mean()
     want_win = -torch.log(q[0].gather(-1, batch["action"][0][:, None])).mean()  # the won battle only
-    _, m = coach_loss(1.0, 0.0, 0.0)(model, batch)
+    _, m = teacher_loss(1.0, 0.0, 0.0)(model, batch)
     assert float(m["kl"]) == pytest.approx(float(want_kl), rel=1e-5) and float(m["kl"]) > 0
     assert float(m["win_ce"]) == pytest.approx(float(want_win), rel=1e-5)
     assert m["labelled"] == 8 and m["won"] == 4 and m["decisions"] == 8
-    loss, m2 = coach_loss(2.0, 0.5, 0.25)(model, batch)
+    loss, m2 = teacher_loss(2.0, 0.5, 0.25)(model, batch)
     assert float(loss.detach()) == pytest.approx(2 * float(m2["kl"]) + 0.5 * float(m2["win_ce"]) + 0.25 * float(m2["value_loss"]),
                                         rel=1e-5)
     # A battle without labels gives no KL; a cut loss mask (DecisionBatches) removes decisions from both terms.
     batch["has_teacher"] = torch.tensor([False, True])
     batch["loss_mask"][1, 2:] = False
-    _, m3 = coach_loss(1.0, 1.0, 0.0)(model, batch)
+    _, m3 = teacher_loss(1.0, 1.0, 0.0)(model, batch)
     assert m3["labelled"] == 2 and m3["won"] == 4 and m3["decisions"] == 6
     assert float(m3["kl"]) == pytest.approx(float((p * (p.log() - q.log())).sum(-1)[1, :2].mean()), rel=1e-5)
 
@@ -75,12 +77,12 @@ def test_kl_is_zero_when_the_student_is_the_coach_and_training_moves_toward_the_
         with torch.no_grad():
             logits, _ = model(batch["tokens"], batch["numbers"], batch["legal"])
         batch["teacher"] = torch.softmax(logits.float(), -1) * batch["legal"]
-        _, m = coach_loss(1.0, 0.0, 0.0)(model, batch)
+        _, m = teacher_loss(1.0, 0.0, 0.0)(model, batch)
         assert abs(float(m["kl"])) < 1e-6 and float(m["coach_agree"]) == 1.0
         batch = toy_batch()
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loss_fn = coach_loss(1.0, 0.0, 0.0)
+        loss_fn = teacher_loss(1.0, 0.0, 0.0)
         first = float(loss_fn(model, batch)[1]["kl"])
         for _ in range(20):
             loss, _ = loss_fn(model, batch)
@@ -144,7 +146,7 @@ def stage(tmp_path_factory, models, showdown):
     for phase in ("play", "label"):
         seen[phase] = stage2.run(cfg_for(run, models, f"stop_after={phase}"), server=showdown)
         seen[f"battles_after_{phase}"] = mtimes(run / "round-1" / "battles")
-        seen[f"built_after_{phase}"] = (run / "round-1" / "trajectories").exists()
+        seen[f"built_after_{phase}"] = (run / "round-1" / "learner").exists()
     seen["learner_after_label"] = mtimes(run / "round-1" / "learner")
     seen["label_again"] = stage2.run(cfg_for(run, models, "stop_after=label"), server=showdown)
     seen["train_part"] = stage2.run(cfg_for(run, models, "trainer.stop_after_steps=2"), server=showdown)
@@ -159,9 +161,13 @@ def test_round_labels_with_the_coachs_own_forward_pass(stage, models):
     assert seen["play"]["status"] == "round 1: played" and not seen["built_after_play"]
     assert count_battles(r1 / "battles") == 6
     coach, _ = load_checkpoint(models[1])
-    trajs = list(read_trajectories(r1 / "learner"))
+    trajs = list(read_trajectories(r1 / "learner-labelled"))
     # Against itself both sides are the student's: 3 self-play battles give 6, 3 against maxbp give 3.
     assert len(trajs) == 9 and all(t.agent.startswith(f"policy:{models[0]},temperature=1") for t in trajs)
+    # The built student trajectories are never rewritten: the labels are a set of their own.
+    assert all(t.teacher is None for t in read_trajectories(r1 / "learner"))
+    (label_set,) = (r1 / "labels").iterdir()
+    assert label_set.name.startswith("coach-") and (label_set / "manifest.json").is_file()
     for t in trajs:
         assert t.teacher_source.startswith(f"coach:{models[1].resolve()}@step2,T=1")
         with torch.no_grad():
@@ -177,7 +183,7 @@ def test_a_stopped_round_resumes_without_redoing_finished_phases(stage):
     r1 = run / "round-1"
     # Play was not redone by the later invocations; labelling was not redone by the third.
     assert seen["battles_after_play"] == seen["battles_after_label"] == mtimes(r1 / "battles")
-    assert seen["learner_after_label"] == mtimes(r1 / "learner")
+    assert seen["learner_after_label"] == mtimes(r1 / "learner")  # labelling left the built shards as they were
     assert seen["label_again"]["rounds"][0]["status"] == "labelled"
     # Training stopped after 2 of 3 steps, then resumed: every step logged exactly once.
     assert seen["train_part"]["status"] == "round 1: training"
@@ -188,13 +194,31 @@ def test_a_stopped_round_resumes_without_redoing_finished_phases(stage):
 
 
 @pytest.mark.server
+def test_a_round_stopped_mid_training_learns_what_an_uninterrupted_round_learns(stage, models, showdown, tmp_path):
+    run, _ = stage
+    # The same round up to its label phase, in a new folder (no lineage: not a finished round).
+    shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns(
+        "lineage.json", "state", "checkpoints", "final", "tournament", "metrics.jsonl", "train.json",
+        "evaluate.json", "run.lock", "wandb*", "NOT_PROMOTED.txt"))
+    record = stage2.run(cfg_for(tmp_path / "run", models, "stop_after=train"), server=showdown)
+    assert record["rounds"][0]["status"] == "trained"
+
+    def losses(folder):
+        lines = map(json.loads, (folder / "round-1" / "metrics.jsonl").read_text().splitlines())
+        return [(m["step"], round(m["loss"], 6), round(m["kl"], 6)) for m in lines if "loss" in m]
+
+    assert [s for s, *_ in losses(run)] == [1, 2, 3]  # stopped after 2 steps, then resumed (the fixture)
+    assert losses(tmp_path / "run") == losses(run)  # the same batches, dropout masks and weights
+
+
+@pytest.mark.server
 def test_round_trains_on_the_labels_is_judged_and_joins_the_lineage(stage, models):
     run, seen = stage
     r1 = run / "round-1"
     record = json.loads((r1 / "lineage.json").read_text())
     assert record["status"] == "done" and record["round"] == 1 and record["parent"]["checkpoint"] == str(models[0])
     t = record["training"]
-    assert t["steps"] == 3 and t["decisions_trained"] == 3 * 128 and t["data"] == [str(r1 / "learner")]
+    assert t["steps"] == 3 and t["decisions_trained"] == 3 * 128 and t["data"] == [str(r1 / "learner-labelled")]
     assert t["last_metrics"]["kl"] > 0 and record["coach"]["source"].startswith("coach:")
     child, info = load_checkpoint(r1 / "final")
     assert info.metadata["recipe"] == "coach" and info.metadata["coach"] == record["coach"]["source"]
