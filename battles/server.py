@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--battle-dir", default=None, help="where finished battles are written")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the server like Ctrl-C
     try:
         server = ShowdownServer(args.port, battle_dir=args.battle_dir).start()
     except ServerError as err:

@@ -75,3 +75,29 @@ def test_restarts_when_killed_and_several_run_at_once():
         assert "challstr" in greets(a)
         assert "challstr" in greets(b)
         assert b.ensure_running() is False
+
+
+def test_sigterm_to_the_server_command_stops_its_node_server():
+    """`kill PID` of `python -m battles.server` takes the Node server and its port with it."""
+    import subprocess
+    import sys
+    import time
+
+    from battles.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "battles.server", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        while "Showdown server ready" not in (line := proc.stdout.readline()):
+            assert line, "the server command exited before it was ready"
+        assert port_in_use(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while port_in_use(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not port_in_use(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
