@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
 import types
 import typing
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from battles.files import write_atomic
 
 T = TypeVar("T")
 
@@ -155,11 +156,7 @@ def _merge(cls: type, base: dict, extra: dict) -> None:
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def flatten(data: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict:

@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+from battles.files import atomic_path, write_atomic
 from battles.logs import BattleLogWriter
 from eval.online_record import OnlineBattle
 
@@ -125,13 +126,10 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
