@@ -154,6 +154,7 @@ class CoachStageConfig(DistillSettings):
     temperature: float = 1.0  # the student's sampling temperature while playing
     concurrency: int = 16
     shard_battles: int = 50
+    workers: int = 0  # play in this many processes, each with its own simulator host (0: what the cores allow)
     seed: int = 0
     label_batch_size: int = 16
     promote_with_coach: bool = True  # the coach plays in every promotion tournament

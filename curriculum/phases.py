@@ -55,6 +55,7 @@ from curriculum.promotion import (
 )
 from curriculum.trainer import TrainerConfig
 from eval.report import rate_rows
+from eval.workers import auto_workers
 from models.checkpoint import read_checkpoint_info
 
 LEARNER = "learner"  # the role the run's own model plays in its battles (recorded with each)
@@ -231,8 +232,11 @@ class PlayConfig:
     concurrency: int
     shard_battles: int  # battles per log shard while playing: a kill loses at most these
     seed: int
+    workers: int = 1  # processes, each with its own simulator host (0: what the machine's cores allow)
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers}: must be >= 0 (0: what the machine's cores allow)")
         if self.battles < 1:
             raise ValueError(f"battles={self.battles}: must be at least 1")
         if not self.opponents or any(not w >= 0 for w in self.opponents.values()) or sum(self.opponents.values()) <= 0:
@@ -308,7 +312,7 @@ def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: s
             # Showdown's simulator in a host process of its own (eval/runner.py): no server needed.
             Match(learner, spec, battle_format=cfg.format, n=n - have,
                   out_dir=folder, team_set=cfg.team_set, concurrency=cfg.concurrency, seed=seed,
-                  backend="sim", shard_size=cfg.shard_battles,
+                  backend="sim", shard_size=cfg.shard_battles, workers=auto_workers(cfg.workers),
                   roles={"p1": LEARNER, **({"p2": roles[spec]} if spec in (roles or {}) else {})}).run()
         summary[names[spec]] = {"spec": spec, "weight": cfg.opponents[spec], **battle_stats(folder)}
     return summary

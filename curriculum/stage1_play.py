@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 PHASES = ("play", "build", "train", "evaluate")
 # Keys that may change between invocations of one run: they change how, not what, is computed.
 # (train_threads: a key of runs made before trainer.threads.)
-_MUTABLE = {"run_dir", "stop_after", "concurrency", "train_threads", "trainer.threads", "promotion.concurrency",
+_MUTABLE = {"run_dir", "stop_after", "concurrency", "workers", "train_threads", "trainer.threads", "promotion.concurrency",
             "promotion.max_battles", "trainer.stop_after_steps", "trainer.max_steps", "trainer.wandb_mode",
             "trainer.log_every"}
 
@@ -76,6 +76,7 @@ class SelfPlayConfig:
     temperature: float = 1.0  # the learner's sampling temperature while playing
     concurrency: int = 16
     shard_battles: int = 50  # battles per log shard while playing: a kill loses at most these
+    workers: int = 0  # play in this many processes, each with its own simulator host (0: what the cores allow)
     seed: int = 0
     # learning
     epochs: float = 4.0  # passes over the learner's decisions

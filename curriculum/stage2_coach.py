@@ -55,7 +55,7 @@ from models.checkpoint import read_checkpoint_info
 
 log = logging.getLogger(__name__)
 
-_MUTABLE = {"run_dir", "rounds", "stop_after", "concurrency", "train_threads", "trainer.threads", "label_batch_size",
+_MUTABLE = {"run_dir", "rounds", "stop_after", "concurrency", "workers", "train_threads", "trainer.threads", "label_batch_size",
             "promotion.concurrency", "promotion.max_battles", "trainer.stop_after_steps",
             "trainer.wandb_mode", "trainer.log_every"}
 
@@ -78,7 +78,7 @@ def play_config(cfg: CoachStageConfig, k: int, student: Path, coach: Path) -> Pl
     opponents = {names.get(s, s): w for s, w in cfg.opponents.items()}
     return PlayConfig(format=cfg.format, team_set=cfg.team_set, battles=cfg.battles, opponents=opponents,
                       temperature=cfg.temperature, concurrency=cfg.concurrency, shard_battles=cfg.shard_battles,
-                      seed=cfg.seed + 1009 * (k - 1))  # every round draws new teams
+                      seed=cfg.seed + 1009 * (k - 1), workers=cfg.workers)  # every round draws new teams
 
 
 def tournament_config(cfg: CoachStageConfig, play_cfg: PlayConfig, coach: Path) -> PlayConfig:

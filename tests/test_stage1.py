@@ -234,3 +234,17 @@ def test_killed_while_playing_resumes_to_exactly_the_planned_battles(parent, sho
     ids = [r.id for r in read_battle_logs(run / "battles")]
     assert len(set(ids)) == 24
     assert all(snapshot(run / "battles")[p] == t for p, t in kept.items())  # nothing recorded was replayed
+
+
+@pytest.mark.server
+def test_play_over_two_workers_records_each_planned_battle_once(parent, tmp_path):
+    """`workers=2`: two processes, each with its own simulator host, play the plan between them."""
+    run = tmp_path / "w2"
+    record = selfplay.run(stage_cfg(run, parent, "stop_after=play", "workers=2"))
+    assert record["status"] == "played"
+    rows = pq.read_table(list_shards(run / "battles"), columns=["id", "roles", "p1_spec"]).to_pylist()
+    assert len(rows) == 12 == len({r["id"] for r in rows})
+    assert all(json.loads(r["roles"]) == {"p1": "learner"} and r["p1_spec"].startswith(f"policy:{parent},")
+               for r in rows)
+    prefixes = {Path(p).name.split("-")[1] for p in list_shards(run / "battles" / "bestdamage")}
+    assert len(prefixes) == 2  # both workers wrote shards of their own
