@@ -96,6 +96,7 @@ class Coach:
                                     "labels": p.tolist()})
                     counts["decisions"] += len(p)
             write_entries(path, entries)
+            done.update((e["battle_id"], e["side"]) for e in entries)  # as a resumed run would see them
             counts["trajectories"] += len(entries)
         manifest = write_manifest(out, "coach", self.source, version=self.version,
                                   coach={"checkpoint": str(self.checkpoint), "step": self.step,

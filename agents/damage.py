@@ -27,11 +27,14 @@ from poke_env.battle import (
 )
 from poke_env.data import GenData
 
-from battles.matchup import BattleStats, acting_stats, estimate_stat
+from battles.matchup import (
+    AVG_ROLL,
+    GUESS_POWER,
+    BattleStats,
+    acting_stats,
+    estimate_stat,
+)
 
-MIN_ROLL = 0.92  # lowest damage roll / average roll (gen 1: 217/236; later gens 85/92.5)
-AVG_ROLL = 0.925
-GUESS_POWER = 80  # an unrevealed attack of the foe's own type, for its threat
 HIGH_CRIT = frozenset({"crabhammer", "karatechop", "razorleaf", "razorwind", "skyattack", "slash"})
 RECOVERY = frozenset({"recover", "softboiled", "milkdrink", "roost", "slackoff", "moonlight",
                       "morningsun", "synthesis", "shoreup", "healorder", "lunarblessing"})

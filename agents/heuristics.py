@@ -19,7 +19,6 @@ from poke_env.battle import AbstractBattle, Battle, Effect, Pokemon, PokemonType
 from poke_env.player import BattleOrder, Player
 
 from agents.damage import (
-    MIN_ROLL,
     Fighter,
     MoveFacts,
     accuracy,
@@ -31,7 +30,7 @@ from agents.damage import (
     screened,
     stab_guess,
 )
-from battles.matchup import duel, stage_multiplier
+from battles.matchup import MIN_ROLL, duel, stage_multiplier
 
 KO_BONUS = 0.5  # a KO also denies the foe its next move and forces a switch
 FAINT_COST = 0.5  # material lost with a fainted Pokémon, on top of its HP

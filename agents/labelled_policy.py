@@ -37,7 +37,6 @@ class SearchLabelledPolicy(PolicyPlayer):
                              "top action is less likely than this (1 searches every position)")
         self.label_below = float(label_below)
         self._confidence: dict[str, float] = {}  # battle -> top action probability of its last decision
-        self._flushing: list[str] = []  # the battles of the forward pass under way
 
         fmt = kwargs.get("battle_format")
         # Not connected to any server: it only searches positions this player hands it.
@@ -59,16 +58,14 @@ class SearchLabelledPolicy(PolicyPlayer):
         self.label_writer.record(battle, probs, _chosen_index(order, battle), visits)
         return order
 
-    def _flush(self) -> None:
-        self._flushing = [q[0] for q in self._queue]
-        super()._flush()
-
     def _pick(self, logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
-        """The policy's choice, noting how sure it was (its top probability over legal actions)."""
-        z = np.where(legal, logits, -np.inf)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        top = z.max(axis=1) / z.sum(axis=1)
-        self._confidence.update(zip(self._flushing, top.tolist()))
+        """The policy's choice, noting how sure it was (its top probability over legal actions) when
+        only the positions it is unsure of are searched."""
+        if self.label_below < 1:
+            z = np.where(legal, logits, -np.inf)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            top = z.max(axis=1) / z.sum(axis=1)
+            self._confidence.update(zip((q[0] for q in self._batch), top.tolist()))  # the pass's battles
         return super()._pick(logits, legal)
 
     def _battle_finished_callback(self, battle) -> None:

@@ -70,6 +70,7 @@ class _Shared:
             for player, mine in rows:
                 end = start + len(mine)
                 player._answer(mine, player._pick(logits[start:end], legal[start:end]))
+                player._batch = []  # answered: its caches and futures are not kept past the pass
                 start = end
         except Exception as err:  # never leave a battle waiting forever
             for *_, future in queue:
@@ -120,7 +121,6 @@ class PolicyPlayer(Player):
             torch.set_num_threads(threads)
         self.checkpoint = str(checkpoint)
         self.temperature = 0.0 if greedy else float(temperature)
-        self.device = torch.device(device)
         self._rng = np.random.default_rng(seed)
         self._caches: dict[str, object] = {}
         self._last: dict[str, tuple[object, int]] = {}  # battle -> (request id, action) already stepped

@@ -38,9 +38,9 @@ GLOBAL = ("threat_on_active", "active_faster", "active_duel", "active_best", "fo
 N_ACTION = len(ACTION)
 N_GLOBAL = len(GLOBAL)
 
-MIN_ROLL = 0.92  # lowest damage roll / average roll
+MIN_ROLL = 0.92  # lowest damage roll / average roll (gen 1: 217/236; later gens 85/92.5)
 AVG_ROLL = 0.925
-GUESS_POWER = 80.0
+GUESS_POWER = 80.0  # an unrevealed attack of the foe's own type, for its threat
 PHYSICAL_TYPES = frozenset({"normal", "fighting", "flying", "poison", "ground", "rock", "bug",
                             "ghost", "steel"})  # gens 1-3: the category follows the type
 STATUS_WORTH = {"slp": 1.0, "frz": 1.0, "par": 0.6, "tox": 0.4, "psn": 0.25, "brn": 0.4}

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from battles.protocol import to_id
+from battles.protocol import other_side, to_id
 
 REPLAY_SUFFIXES = (".json", ".log", ".html", ".htm")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -306,7 +306,7 @@ def winner_of(log: str, players: list[str]) -> tuple[str, str | None]:
     for line in tail:
         if (m := _ENDING.match(line)):
             loser = _side_named(m.group(1), names)
-            return ("p2" if loser == "p1" else "p1"), "inactivity" if "inactivity" in m.group(2) else "forfeit"
+            return other_side(loser), "inactivity" if "inactivity" in m.group(2) else "forfeit"
     size = {s: 0 for s in SIDES}
     fainted = {s: 0 for s in SIDES}
     for line in lines:
@@ -320,5 +320,5 @@ def winner_of(log: str, players: list[str]) -> tuple[str, str | None]:
     if len(out) == 2:
         return "", "fainted"
     if len(out) == 1:
-        return ("p2" if out[0] == "p1" else "p1"), "fainted"
+        return other_side(out[0]), "fainted"
     raise Skip("truncated_or_no_winner")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import itertools
 import json
 import logging
 import signal
@@ -62,6 +63,7 @@ class SimHost:
         self._stderr: asyncio.Task | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._bench: dict[str, asyncio.Future] = {}
+        self._bench_ids = itertools.count()
         self._dead = False
 
     @property
@@ -113,8 +115,8 @@ class SimHost:
                     break
                 msg = orjson.loads(line)
                 bid = msg.get("id")
-                if "bench" in msg or bid in self._bench:
-                    future = self._bench.pop(bid)
+                future = self._bench.pop(bid, None)
+                if future is not None:
                     if "error" in msg:
                         future.set_exception(SimHostError(msg["error"]))
                     else:
@@ -179,7 +181,7 @@ class SimHost:
 
     async def bench(self, battle_format: str, n: int, concurrency: int, teams: list[str] | None = None) -> dict:
         """The simulator alone: n battles of the package's random players; {battles, turns, seconds}."""
-        bid = f"bench-{len(self._bench)}-{id(self)}"
+        bid = f"bench-{next(self._bench_ids)}"
         future = asyncio.get_running_loop().create_future()
         self._bench[bid] = future
         self._send({"t": "bench", "id": bid, "format": battle_format, "n": n, "concurrency": concurrency,

@@ -64,12 +64,12 @@ class Team:
     @property
     def species(self) -> tuple[str, ...]:
         """Species ids (Showdown's toID: "ironmoth") in team order, from the packed form."""
-        out = []
-        for mon in self.packed.split("]"):
-            fields = mon.split("|")
-            # packed: NICKNAME|SPECIES|...; SPECIES is left empty when it equals the nickname
-            out.append(to_id(fields[1] or fields[0]))
-        return tuple(out)
+        return packed_species(self.packed)
+
+
+def packed_species(packed: str) -> tuple[str, ...]:
+    """Species ids of a packed team (NICKNAME|SPECIES|...; SPECIES is left empty when it equals the nickname)."""
+    return tuple(to_id(f[1] or f[0]) for f in (mon.split("|") for mon in packed.split("]")))
 
 
 # -- validation -----------------------------------------------------------------------

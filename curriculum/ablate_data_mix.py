@@ -29,6 +29,7 @@ server `run` is given.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ from curriculum.imitation import (
     validation_batches,
 )
 from curriculum.promotion import TournamentResult
-from curriculum.run_folder import owns_run_folder
+from curriculum.run_folder import logged_metrics, owns_run_folder
 from curriculum.trainer import Trainer, make_accelerator, state_steps
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")  # no '.': it separates mix and seed
@@ -283,10 +284,8 @@ def check_member(name: str, pre: PretrainConfig, budget: dict) -> dict | None:
 
 def last_losses(run_dir: Path) -> dict:
     """The last logged training loss, validation loss and validation accuracy of a run folder."""
-    found = {"loss": None, "val_loss": None, "val_acc": None}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        found.update({k: v for k, v in json.loads(line).items() if k in found})
-    return found
+    last, val = logged_metrics(run_dir, math.inf)
+    return {"loss": last.get("loss"), "val_loss": val.get("val_loss"), "val_acc": val.get("val_acc")}
 
 
 def run_member(cfg: AblateConfig, name: str, sizes: dict) -> dict:

@@ -178,7 +178,3 @@ class CoachStageConfig(DistillSettings):
         if not self.promote_with_coach and not set(self.opponents) - {SELF}:
             raise ValueError("the promotion tournament needs an opponent besides the student: add one to "
                              "opponents or set promote_with_coach=true")
-
-
-# Keys that may change between invocations: they change how, or how far, not what is computed.
-# (train_threads: a key of runs made before trainer.threads.)

@@ -59,16 +59,15 @@ def behaviour_cloning(value_weight: float, awr_beta: float = 0.0, awr_max_weight
         action = batch["action"]  # (B, T), -1 where the log hides the choice or padding
         outcome = batch["outcome"][:, None].expand_as(value)  # (B, T)
         scored = batch["loss_mask"] & batch["mask"]
-        bc = learnable(batch)  # a recorded action the mask calls illegal would be an encoder bug
-        if wins_only:
-            bc = bc & (batch["outcome"] > 0)[:, None]
+        learn = learnable(batch)  # a recorded action the mask calls illegal would be an encoder bug
+        bc = learn & (batch["outcome"] > 0)[:, None] if wins_only else learn
         policy_loss, weight = _imitation(logits, value, outcome, action, bc, awr_beta, awr_max_weight)
         value_loss = _value_loss(value, outcome, scored)
         loss = policy_loss + value_weight * value_loss
         with torch.no_grad():
             n = weight.numel()
             ess = (weight.sum() ** 2 / (weight ** 2).sum().clamp(min=1e-8) / n) if n else 0.0
-            illegal = scored & (action >= 0) & ~learnable(batch)
+            illegal = scored & (action >= 0) & ~learn
         return loss, {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
                       "acc": _accuracy(logits, action, bc), "awr_ess": float(ess), "decisions": float(bc.sum()),
                       "illegal_targets": float(illegal.sum())}

@@ -173,10 +173,6 @@ class ServerOnDemand:
             self.own = ShowdownServer().start()
         return self.own
 
-    def current(self):
-        """The server in use so far (given or started), or None."""
-        return self.given if self.given is not None else self.own
-
     def stop(self) -> None:
         """Stop the server this started, if any."""
         if self.own is not None:
@@ -248,9 +244,10 @@ class PlayConfig:
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
 
     @classmethod
-    def of(cls, settings) -> PlayConfig:
-        """The play settings of a recipe's config that has fields of these names."""
-        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+    def of(cls, settings, **overrides) -> PlayConfig:
+        """The play settings of a recipe's config (its fields of these names), then `overrides`."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)
+                      if hasattr(settings, f.name)} | overrides)
 
 
 # -- play ----------------------------------------------------------------------------------
@@ -289,7 +286,7 @@ def battle_stats(folder: Path) -> dict:
     return stats
 
 
-def play(cfg: PlayConfig, run: Path, parent: Path, get_server, learner_params: str = "",
+def play(cfg: PlayConfig, run: Path, parent: Path, learner_params: str = "",
          roles: dict[str, str] | None = None) -> dict:
     """Play the remaining battles against each opponent; returns per-opponent counts and wins.
 

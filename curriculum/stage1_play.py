@@ -254,7 +254,7 @@ def run(cfg: SelfPlayConfig, server=None) -> dict:
     get_server = ServerOnDemand(server)  # started only when a phase needs it
     play_cfg = PlayConfig.of(cfg)
     plan = [
-        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent, get_server)),
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent)),
         phases.build_phase(rundir, {"learner": phases.LEARNER}),
         phases.train_phase(lambda done: train(cfg, rundir, parent, pretrain_data)),
         phases.evaluate_phase(play_cfg, cfg.promotion, rundir, parent, get_server),

@@ -131,7 +131,7 @@ def run_round(cfg: CoachStageConfig, k: int, student: Path, student_run: Path | 
     print(f"\n== round {k} of {cfg.rounds}: student {student} ({rundir})", flush=True)
 
     plan = [
-        phases.play_phase(lambda: phases.play(play_cfg, rundir, student, get_server,
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, student,
                                               roles={_policy(student, cfg.temperature): phases.LEARNER})),
         phases.build_phase(rundir, {"learner": phases.LEARNER}),
         phases.Phase("label", lambda done: label(cfg, rundir, coach), "labelled",

@@ -42,7 +42,6 @@ battles end, so a kill loses only the battles in flight):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from pathlib import Path
 from agents.registry import parse_spec
 from agents.search_labels import MIN_VISITS
 from battles.config import recipe_main
-from battles.shards import list_shards
 from curriculum import phases
 from curriculum.distill import DistillSettings, train_student
 from curriculum.phases import PlayConfig, PromotionConfig, ServerOnDemand
@@ -121,10 +119,7 @@ class SearchStageConfig(DistillSettings):
         if SEARCH not in self.opponents and self.sources.get("expert", 0) > 0:
             raise ValueError(f"opponents={self.opponents}: sources.expert needs the search bot among the opponents "
                              f"(add {SEARCH}: WEIGHT) or set sources.expert=0")
-        PlayConfig(**{**self._play_fields(), "opponents": self._opponents(Path("."))})  # checks the pool
-
-    def _play_fields(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PlayConfig) if hasattr(self, f.name)}
+        PlayConfig.of(self, opponents=self._opponents(Path(".")))  # checks the pool
 
     def _opponents(self, labels: Path | None) -> dict[str, float]:
         """The pool with `search` resolved (recording its own labels under `labels` when given)."""
@@ -135,12 +130,12 @@ class SearchStageConfig(DistillSettings):
 
 
 def play_config(cfg: SearchStageConfig, rundir: Path) -> PlayConfig:
-    return PlayConfig(**{**cfg._play_fields(), "opponents": cfg._opponents(rundir / "labels" / "expert")})
+    return PlayConfig.of(cfg, opponents=cfg._opponents(rundir / "labels" / "expert"))
 
 
 def pool_config(cfg: SearchStageConfig) -> PlayConfig:
     """The promotion pool: the opponents, the search bot playing without recording."""
-    return PlayConfig(**{**cfg._play_fields(), "opponents": cfg._opponents(None)})
+    return PlayConfig.of(cfg, opponents=cfg._opponents(None))
 
 
 def student_params(cfg: SearchStageConfig, rundir: Path) -> str:
@@ -160,9 +155,6 @@ def expert_roles(play_cfg: PlayConfig) -> dict[str, str]:
 
 def keep_labelled(src: Path, out: Path, prefix: str) -> dict:
     """The trajectories of `src` that got their labels, into `out`."""
-    if not list_shards(src):
-        out.mkdir(parents=True, exist_ok=True)
-        return phases.learner_stats(out)
     return phases.select_rows(src, out, lambda table: [s is not None for s in table["teacher_source"].to_pylist()],
                               prefix)
 
@@ -207,7 +199,7 @@ def run(cfg: SearchStageConfig, server=None) -> dict:
     play_cfg = play_config(cfg, rundir)
     plan = [
         # 1. play: the student labelled by a searcher; the search bot recording its own shares
-        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent, get_server, student_params(cfg, rundir),
+        phases.play_phase(lambda: phases.play(play_cfg, rundir, parent, student_params(cfg, rundir),
                                               roles=expert_roles(play_cfg))),
         # 2. build: both sides' trajectories; the student's and the search bot's apart
         phases.build_phase(rundir, {"student": phases.LEARNER, "expert": EXPERT},

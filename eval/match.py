@@ -284,7 +284,7 @@ def run_config(cfg: MatchConfig) -> MatchResult:
     try:
         return Match(cfg.p1, cfg.p2, battle_format=cfg.format, n=cfg.n, out_dir=cfg.out, team_set=cfg.team_set,
                      concurrency=cfg.concurrency, seed=cfg.seed, server=server, progress=not cfg.quiet,
-                     backend=cfg.backend, resume=True, workers=auto_workers(cfg.workers) if cfg.backend == "sim" else 1, ray=cfg.ray,
+                     backend=cfg.backend, resume=True, workers=auto_workers(cfg.workers, cfg.ray) if cfg.backend == "sim" else 1, ray=cfg.ray,
                      flush_seconds=cfg.flush_seconds).run()
     finally:
         if server is not None:

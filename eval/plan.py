@@ -19,6 +19,7 @@ from battles.config import load_config
 from battles.shards import list_shards
 from battles.teams import Team
 from eval.match import needs_teams
+from eval.play import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class TournamentConfig:
             lo = max(4, self.battles_per_pair // 4 * 4)
             raise ValueError(f"battles_per_pair={self.battles_per_pair}: must be a positive multiple of 4 "
                              f"(each team pairing is played with both teams from both sides); try {lo} or {lo + 4}")
-        if self.backend not in ("sim", "server"):
-            raise ValueError(f"backend={self.backend!r}: pick sim or server")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: pick one of {', '.join(BACKENDS)}")
         for key in ("servers", "concurrency", "max_attempts", "flush_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least 1")

@@ -74,8 +74,8 @@ def to_record(outcome: Outcome, *, team_set: str | None, token: str) -> BattleRe
                                          roles={s: r for s, r in zip(("p1", "p2"), job.roles) if r})
 
 
-async def _play(jobs, backend, servers, on_done, concurrency, seed, battle_timeout, start_timeout, max_restarts,
-                max_attempts, max_errors, bar, tick) -> RunStats:
+async def _play(jobs, backend, servers, *, on_done, concurrency, seed, battle_timeout, start_timeout, max_restarts,
+                max_attempts, bar, tick) -> RunStats:
     from eval.server_runner import ServerRunner
 
     async def ticking():
@@ -95,7 +95,7 @@ async def _play(jobs, backend, servers, on_done, concurrency, seed, battle_timeo
                                             start_timeout=start_timeout, max_restarts=max_restarts))
             await asyncio.gather(*(r.start() for r in runners))
         return await play_jobs(runners, jobs, concurrency=concurrency, on_done=on_done, max_attempts=max_attempts,
-                               max_errors=max_errors, bar=bar)
+                               bar=bar)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -105,20 +105,21 @@ async def _play(jobs, backend, servers, on_done, concurrency, seed, battle_timeo
 def play(jobs: Sequence[Job], *, on_done: Callable[[Outcome], None], backend: str = "sim",
          servers: Sequence[ShowdownServer] | int = 1, concurrency: int = 16, seed: int = 0,
          battle_timeout: float = 120.0, start_timeout: float = 30.0, max_restarts: int = 10,
-         max_attempts: int = 0, max_errors: int = 20, bar=None, tick: Callable[[], None] | None = None) -> RunStats:
+         max_attempts: int = 0, bar=None, tick: Callable[[], None] | None = None) -> RunStats:
     """Play `jobs` on the backend (`servers`: the servers to use, or how many to start and stop);
     `tick()` is called every second on the playing loop (a Recorder's time-based write)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: pick one of {', '.join(BACKENDS)}")
-    args = (on_done, concurrency, seed, battle_timeout, start_timeout, max_restarts, max_attempts, max_errors, bar,
-            tick)
+    settings = dict(on_done=on_done, concurrency=concurrency, seed=seed, battle_timeout=battle_timeout,
+                    start_timeout=start_timeout, max_restarts=max_restarts, max_attempts=max_attempts, bar=bar,
+                    tick=tick)
     if backend == "sim":
-        return asyncio.run(_play(jobs, backend, [], *args))
+        return asyncio.run(_play(jobs, backend, [], **settings))
     from eval.server_runner import run_on_poke_loop
 
     own = [ShowdownServer() for _ in range(servers)] if isinstance(servers, int) else []
     try:
-        return run_on_poke_loop(_play(jobs, backend, own or list(servers), *args),
+        return run_on_poke_loop(_play(jobs, backend, own or list(servers), **settings),
                                 on_stop=lambda: [s.stop() for s in own])
     finally:
         for server in own:

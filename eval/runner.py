@@ -84,13 +84,15 @@ class RunStats:
 class _Side:
     """One side of one battle: the agent's poke-env battle object, fed what the simulator sends."""
 
-    def __init__(self, game: _Game, side: str, player: Player, spec: str):
+    def __init__(self, game: _Game, side: str, player: Player, spec: str, team: str | None = None):
         self.game, self.side, self.player, self.spec = game, side, player, spec
         gen = GenData.from_format(player.format).gen
         cls = DoubleBattle if player.format_is_doubles else Battle
         self.battle = cls(battle_tag=game.tag, username=player.username, logger=player.logger, gen=gen)
-        if isinstance(player._team, ConstantTeambuilder):  # as poke-env's Player does on |init|
-            self.battle.teampreview_team = [Pokemon(gen=gen, teambuilder=m) for m in player._team.team]
+        # As poke-env's Player does on |init|: the team it plays, here the planned one if any.
+        builder = ConstantTeambuilder(team) if team is not None else player._team
+        if isinstance(builder, ConstantTeambuilder):
+            self.battle.teampreview_team = [Pokemon(gen=gen, teambuilder=m) for m in builder.team]
         player._battles[game.tag] = self.battle  # so `player.battles` shows it, as on a server
         self.invalid = 0
         self.last_message = ""
@@ -195,12 +197,14 @@ _HANDLERS: dict[str, Callable[[_Side, list[str]], None]] = {
 class _Game:
     """One battle on the host: two sides, and a future that ends with its record."""
 
-    def __init__(self, host: SimHost, battle_id: str, players: list[tuple[Player, str]]):
+    def __init__(self, host: SimHost, battle_id: str, players: list[tuple[Player, str]],
+                 teams: tuple[str | None, str | None] = (None, None)):
         self.host, self.battle_id, self.tag = host, battle_id, f"battle-{battle_id}"
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Future] = set()
         self.messages = 0
-        self.sides = {s: _Side(self, s, player, spec) for s, (player, spec) in zip(("p1", "p2"), players)}
+        self.sides = {s: _Side(self, s, player, spec, team)
+                      for s, (player, spec), team in zip(("p1", "p2"), players, teams)}
 
     def on_side(self, side: str, text: str) -> None:
         self.messages += 1
@@ -383,12 +387,8 @@ class SimRunner:
         players = [self._player(spec, side, job.battle_format) for spec, side in zip(job.specs, ("p1", "p2"))]
         self._count += 1
         battle_id = f"{job.battle_format}-{self.token}-{self._count}"
-        game = _Game(host, battle_id, list(zip(players, job.specs)))
+        game = _Game(host, battle_id, list(zip(players, job.specs)), job.teams)
         teams = [team if team is not None else p.next_team for team, p in zip(job.teams, players)]
-        for side, team in zip(game.sides.values(), job.teams):
-            if team is not None:  # the planned team, as the player's own builder would show it
-                side.battle.teampreview_team = [Pokemon(gen=side.battle.gen, teambuilder=m)
-                                                for m in ConstantTeambuilder(team).team]
         try:
             try:
                 host.start_battle(battle_id, job.battle_format, [(p.username, t) for p, t in zip(players, teams)],

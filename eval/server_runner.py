@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from agents.registry import make_player
 from battles.protocol import to_id
 from battles.server import ShowdownServer
+from battles.teams import packed_species
 from eval.runner import BattleFailed, Job, SetupError
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ def run_on_poke_loop(coro, on_stop=None):
             on_stop()
         raise
     return fut.result()
-
-
-def species(packed: str) -> tuple[str, ...]:
-    """Species ids of a packed team (NICKNAME|SPECIES|...; SPECIES empty when it is the nickname)."""
-    return tuple(to_id(f[1] or f[0]) for f in (mon.split("|") for mon in packed.split("]")))
 
 
 @dataclass
@@ -152,8 +148,8 @@ class ServerRunner:
             raise BattleFailed(f"sides came out as {data['players']}, planned {p1.username}, {p2.username}")
         for side, planned in zip(("p1", "p2"), job.teams):
             used = tuple(to_id(m.get("species") or "") for m in data.get(f"{side}team") or [])
-            if planned is not None and used != species(planned):
-                raise BattleFailed(f"{side} played {used}, not its planned team {species(planned)}")
+            if planned is not None and used != packed_species(planned):
+                raise BattleFailed(f"{side} played {used}, not its planned team {packed_species(planned)}")
         # A restarted server numbers its rooms from 1 again: the prefix keeps record ids unique.
         return {**data, "id_prefix": f"s{self.index}g{gen}"}
 

@@ -133,7 +133,7 @@ class Tournament:
             if self.cfg.max_battles:
                 todo = todo[: self.cfg.max_battles]
             start = time.monotonic()
-            workers = auto_workers(self.cfg.workers) if self.backend == "sim" else 1
+            workers = auto_workers(self.cfg.workers, self.cfg.ray) if self.backend == "sim" else 1
             if todo and (workers > 1 or self.cfg.ray) and self._keys is None:
                 from eval.workers import play_shares
 
@@ -203,14 +203,17 @@ class _Shares:
     def __init__(self, tournament: Tournament, todo: list[PlannedBattle], summary: TournamentSummary):
         self.t, self.todo, self.summary = tournament, [pb.key for pb in todo], summary
         self.results = tournament.out / "results"
-        self.before = set(list_shards(self.results)) if self.results.is_dir() else set()
+        self.counted = set(list_shards(self.results)) if self.results.is_dir() else set()
+        self.written: set[str] = set()
         self.total, self.desc, self.progress = len(todo), "tournament", tournament.progress
 
     def left(self) -> list[str]:
-        """Keys of this run with no row yet (a worker writes each battle's row as it ends)."""
-        new = set(list_shards(self.results)) - self.before if self.results.is_dir() else set()
-        written = {row["key"] for row in _rows_of(new)}
-        return [k for k in self.todo if k not in written]
+        """Keys of this run with no row yet (a worker writes each battle's row as it ends; each
+        finished shard is read once)."""
+        new = set(list_shards(self.results)) - self.counted if self.results.is_dir() else set()
+        self.written |= {row["key"] for row in _rows_of(new)}
+        self.counted |= new
+        return [k for k in self.todo if k not in self.written]
 
     def remaining(self) -> int:
         return len(self.left())

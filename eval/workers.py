@@ -116,15 +116,16 @@ def _on_ray(play_share, shares: list[dict], tick) -> list[dict | None]:
     return out
 
 
-def auto_workers(workers: int) -> int:
+def auto_workers(workers: int, ray: str = "") -> int:
     """`workers`, or for 0 what this machine's cores allow: one worker per two cores (each worker
-    is a Python process and its simulator host, both busy), at least one."""
-    return workers if workers > 0 else max(1, (os.cpu_count() or 2) // 2)
+    is a Python process and its simulator host, both busy), at least one. On Ray a 0 stays 0:
+    play_shares makes it one worker per CPU of the cluster."""
+    return workers if workers > 0 or ray else max(1, (os.cpu_count() or 2) // 2)
 
 
 def play_shares(shares: Shares, workers: int, play_share, *, ray: str = "", max_rounds: int = 10) -> int:
     """Play every remaining battle of `shares` over `workers` workers (local processes, or Ray tasks
-    when `ray` is an address: auto, ray://HOST:PORT, or local; `workers=1` there means one per
+    when `ray` is an address: auto, ray://HOST:PORT, or local; `workers` 0 or 1 there means one per
     CPU of the cluster); the number of workers lost."""
     if ray and workers <= 1:
         workers = _ray_cpus(ray)
@@ -132,13 +133,13 @@ def play_shares(shares: Shares, workers: int, play_share, *, ray: str = "", max_
         _ray_cpus(ray)
     lost = 0
     with tqdm(total=shares.total, desc=shares.desc, disable=not shares.progress) as bar:
-        def tick() -> None:
-            bar.n = shares.total - shares.remaining()
+        def tick(remaining: int | None = None) -> None:
+            bar.n = shares.total - (shares.remaining() if remaining is None else remaining)
             bar.refresh()
 
         for round_ in range(max_rounds + 1):
             remaining = shares.remaining()
-            tick()
+            tick(remaining)
             if remaining <= 0:
                 return lost
             cut = shares.shares(min(workers, remaining), round_)
