@@ -51,6 +51,11 @@ class BattleFailed(Exception):
     """One battle could not finish; it is counted as an error and played again."""
 
 
+class HostLost(BattleFailed):
+    """The battle's host or server died under it: played again without using up one of its tries
+    (restarts are bounded by the runner's max_restarts)."""
+
+
 class AgentError(BattleFailed):
     """An agent raised (or kept sending orders the simulator refused)."""
 
@@ -77,6 +82,7 @@ def to_choice(message: str) -> str:
 class RunStats:
     battles: int = 0  # finished
     errors: int = 0  # failed tries, replayed ones included
+    lost: int = 0  # of those, tries lost with their host or server
     restarts: int = 0  # hosts or servers restarted
     failed: int = 0  # battles given up after their last try
 
@@ -279,14 +285,16 @@ async def play_jobs(runners: Sequence[Runner], jobs: Sequence[Job], *, concurren
                     bar=None) -> RunStats:
     """Play `jobs` on `runners`, `concurrency` battles in flight on each: the one retry loop of every
     backend. A failed battle is played again, up to `max_attempts` tries (then its Outcome carries
-    the error); with `max_attempts=0` until it finishes, but more than `max_errors` failures in all
-    end the run. `on_done` gets each Outcome as it comes; a SetupError ends the run at once."""
+    the error); with `max_attempts=0` until it finishes, but more than `max_errors` failed tries in
+    all end the run. A try lost with its host or server (HostLost) is replayed without counting toward
+    either limit: the runner restarts the host, up to its own max_restarts. `on_done` gets each
+    Outcome as it comes; a SetupError ends the run at once."""
     queue = collections.deque(jobs)
     stats = RunStats()
 
     async def lane(index: int, runner: Runner) -> None:
         while queue:
-            job, attempt = queue.popleft(), 0
+            job, attempt, failed = queue.popleft(), 0, 0  # tries, and tries the battle itself failed
             while True:
                 t0 = time.monotonic()
                 try:
@@ -294,13 +302,18 @@ async def play_jobs(runners: Sequence[Runner], jobs: Sequence[Job], *, concurren
                 except BattleFailed as err:
                     stats.errors += 1
                     attempt += 1
-                    if max_attempts and attempt >= max_attempts:
+                    if isinstance(err, HostLost):
+                        stats.lost += 1
+                        log.warning("%s; played again once the host is back", err)
+                        continue
+                    failed += 1
+                    if max_attempts and failed >= max_attempts:
                         log.warning("%s; given up after %d tries", err, attempt)
                         stats.failed += 1
                         on_done(Outcome(job, attempt, time.monotonic() - t0, index, error=str(err)))
                         break
                     log.warning("%s; counted as an error and played again", err)
-                    if not max_attempts and stats.errors > max_errors:
+                    if not max_attempts and stats.errors - stats.lost > max_errors:
                         raise RuntimeError(f"gave up after {stats.errors} failed battles; last: {err}") from err
                     continue
                 stats.battles += 1
@@ -381,6 +394,7 @@ class SimRunner:
             self.last_error = str(err)
             if not host.is_alive():
                 await self._ensure_host(dead=host)
+                raise HostLost(str(err)) from err
             raise
 
     async def _play_on(self, host: SimHost, job: Job, attempt: int) -> dict:

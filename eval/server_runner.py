@@ -28,7 +28,7 @@ from agents.registry import make_player
 from battles.protocol import to_id
 from battles.server import ShowdownServer
 from battles.teams import packed_species
-from eval.runner import BattleFailed, Job, SetupError
+from eval.runner import BattleFailed, HostLost, Job, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,12 @@ class ServerRunner:
         self.abandoned: set[str] = set()  # forfeited tags whose record must not be used
         self.finished: collections.deque = collections.deque()  # (time, player, tag)
         self.fatal: Exception | None = None
+        self.check_every = 0.5  # seconds between the monitor's looks at the server
         self._monitor_task: asyncio.Task | None = None
 
     async def start(self) -> ServerRunner:
         self.ready = asyncio.Event()
+        self._restart_lock = asyncio.Lock()
         await asyncio.to_thread(self.server.start)
         self.ready.set()
         self._monitor_task = asyncio.create_task(self._monitor())
@@ -102,14 +104,36 @@ class ServerRunner:
         await self.ready.wait()
         if self.fatal is not None:
             raise self.fatal
+        gen = self.generation
         try:
             return await self._play(job)
-        except (BattleFailed, SetupError):
+        except SetupError:
             raise
-        except Exception as err:  # a websocket or client failure: one more failed try
+        except Exception as err:  # BattleFailed, or a websocket or client failure
             if self.fatal is not None:
                 raise self.fatal from None
-            raise BattleFailed(f"{type(err).__name__}: {err}") from err
+            what = str(err) if isinstance(err, BattleFailed) else f"{type(err).__name__}: {err}"
+            # A closed connection is the first sign of a dead server: look a moment longer.
+            if await self._lost(gen, wait=0.0 if isinstance(err, BattleFailed) else 2.0):
+                raise HostLost(f"server {self.index}: {what}") from err
+            if isinstance(err, BattleFailed):
+                raise
+            raise BattleFailed(what) from err
+
+    async def _lost(self, gen: int, wait: float) -> bool:
+        """Whether the server died or was restarted since generation `gen` began; a dead one is
+        restarted now, so the next try never meets it (the monitor may not have looked yet)."""
+        deadline = time.monotonic() + wait
+        while self.generation == gen:
+            if not self.server.is_alive():
+                await self._restart(gen, "the server died")
+                break
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        if self.fatal is not None:
+            raise self.fatal
+        return True
 
     async def _play(self, job: Job) -> dict:
         gen, t0 = self.generation, time.monotonic()
@@ -135,14 +159,17 @@ class ServerRunner:
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(flight.done.wait(), left)
-            data = None if flight.fault else await self._battle_json(tag)
+            if not flight.fault and self.generation != gen:  # its record went with the old server
+                flight.fault = "the server restarted before the battle's record was read"
+            data = None if flight.fault else await self._battle_json(tag, gen)
             if data is None and not flight.fault:
                 flight.fault = "the battle ended but the server wrote no record of it"
             if flight.fault:
                 await self._abandon(gen, tag, (p1, p2))
                 raise BattleFailed(flight.fault)
         finally:
-            self.flights.pop(tag, None)
+            if self.flights.get(tag) is flight:  # a restarted server reuses room names
+                del self.flights[tag]
         self.last_progress = time.monotonic()
         if [to_id(n or "") for n in data["players"]] != [to_id(p1.username), to_id(p2.username)]:
             raise BattleFailed(f"sides came out as {data['players']}, planned {p1.username}, {p2.username}")
@@ -166,14 +193,16 @@ class ServerRunner:
             except Exception as err:
                 raise SetupError(f"agent {spec!r} could not be built for {fmt}: {err}") from err
             self._guard(spec, player)
-            try:
-                await asyncio.wait_for(player.ps_client.logged_in.wait(), self.start_timeout)
-            except asyncio.TimeoutError:
+            deadline = time.monotonic() + self.start_timeout
+            while not player.ps_client.logged_in.is_set() and self.generation == gen and self.server.is_alive():
+                if time.monotonic() > deadline:
+                    await _stop_players([player])
+                    raise BattleFailed(f"agent {spec} could not log in to server {self.index}")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(player.ps_client.logged_in.wait(), 0.25)
+            if self.generation != gen or not self.server.is_alive():
                 await _stop_players([player])
-                raise BattleFailed(f"agent {spec} could not log in to server {self.index}") from None
-            if self.generation != gen:
-                await _stop_players([player])
-                raise BattleFailed("the server restarted while an agent logged in")
+                raise BattleFailed("the server died or restarted while an agent logged in")
             self.players[key] = player
             return player
 
@@ -257,9 +286,11 @@ class ServerRunner:
                 await p1.ps_client.send_message(f"/cancelchallenge {to_id(p2.username)}")
             raise BattleFailed(f"no battle started within {self.start_timeout:g}s of the challenge") from None
 
-    async def _battle_json(self, tag: str) -> dict | None:
+    async def _battle_json(self, tag: str, gen: int) -> dict | None:
         path = self.server.battle_dir / f"{tag}.json"
         for _ in range(200):  # written (renamed into place) as the battle ends
+            if self.generation != gen:
+                return None  # a file of that name now belongs to the restarted server's battle
             if path.exists():
                 data = json.loads(path.read_text(encoding="utf-8"))
                 path.unlink(missing_ok=True)  # its owner writes it to a shard
@@ -282,11 +313,11 @@ class ServerRunner:
     # -- the server's health -------------------------------------------------------------------
     async def _monitor(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.check_every)
             if not self.server.is_alive():
-                await self._recover("the server died")
+                await self._restart(self.generation, "the server died")
             elif self.flights and time.monotonic() - self.last_progress > self.battle_timeout:
-                await self._recover("the server stalled")
+                await self._restart(self.generation, "the server stalled")
             now = time.monotonic()
             while self.finished and now - self.finished[0][0] > 5:
                 # Late messages (|deinit) still look a battle up for a moment after its end.
@@ -300,6 +331,12 @@ class ServerRunner:
                     if path.stem in self.abandoned or stray:
                         path.unlink()
                         self.abandoned.discard(path.stem)
+
+    async def _restart(self, gen: int, reason: str) -> None:
+        """Restart the server of generation `gen` once, whoever notices first (monitor or a battle)."""
+        async with self._restart_lock:
+            if self.generation == gen and self.fatal is None:
+                await self._recover(reason)
 
     async def _recover(self, reason: str) -> None:
         self.ready.clear()
