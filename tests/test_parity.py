@@ -191,7 +191,10 @@ def compare(records: list[dict], live: dict) -> dict:
                 if v.legal != lv.legal:
                     _example(c, "legal", rec["roomid"], s, v, f"log {_bits(v.legal)} live {_bits(lv.legal)}")
                 tokens, numbers = encode(v)
-                c["encoding_equal"] += bool((tokens == rec_live["tokens"]).all() and (numbers == rec_live["numbers"]).all())
+                same_encoding = bool((tokens == rec_live["tokens"]).all() and (numbers == rec_live["numbers"]).all())
+                c["encoding_equal"] += same_encoding
+                if _bench_hp(v) == _bench_hp(lv):  # a log can only estimate a silent Regenerator heal
+                    c["encoding_equal_same_bench"] += same_encoding
                 if not forced:
                     c["nonforced"] += 1
                     c["action_equal"] += d.action == rec_live["index"]
@@ -244,7 +247,8 @@ def report(fmt: str, c: dict) -> str:
              f"unaligned {c.get('unaligned', 0)}, non-forced {c.get('nonforced', 0)}"]
     lines.append(f"  A exact: public {_rate(c, 'public_equal', 'aligned'):.4f}  bench HP {_rate(c, 'bench_hp_equal', 'aligned'):.4f} "
                  f"(within 1%: {_rate(c, 'bench_hp_close', 'aligned'):.4f})  private {_rate(c, 'private_equal', 'aligned'):.4f}  "
-                 f"legal {_rate(c, 'legal_equal', 'aligned'):.4f}  encoding {_rate(c, 'encoding_equal', 'aligned'):.4f}  "
+                 f"legal {_rate(c, 'legal_equal', 'aligned'):.4f}  encoding {_rate(c, 'encoding_equal', 'aligned'):.4f} "
+                 f"(same bench HP: {_rate(c, 'encoding_equal_same_bench', 'bench_hp_equal'):.4f})  "
                  f"action {_rate(c, 'action_equal', 'nonforced'):.4f}")
     lines.append(f"  B log+choices: public {_rate(c, 'b_public_equal', 'b_aligned'):.4f}  action {_rate(c, 'b_action_semantic_equal', 'nonforced'):.4f}"
                  "  (own fields below: counts over Pokémon x decisions)")

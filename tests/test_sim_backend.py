@@ -83,7 +83,9 @@ def test_live_and_log_views_agree_on_sim(fmt, monkeypatch, capsys):
     assert _rate(c, "public_equal", "aligned") >= 0.99
     assert _rate(c, "bench_hp_close", "aligned") >= 0.99
     assert _rate(c, "legal_equal", "aligned") >= 0.99
-    assert _rate(c, "encoding_equal", "aligned") >= 0.99
+    # Own bench HP after a silent Regenerator heal is estimated from the log (within 1%, checked
+    # above), and the encoding carries it: the encodings must agree wherever the bench HP does.
+    assert _rate(c, "encoding_equal_same_bench", "bench_hp_equal") >= 0.99
     assert _rate(c, "b_public_equal", "b_aligned") >= 0.99
 
 
