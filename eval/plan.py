@@ -50,7 +50,7 @@ class TournamentConfig:
     concurrency: int = 16  # battles in flight per server or simulator host
     battle_timeout: float = 120.0  # seconds a battle may go without a decision before it is abandoned
     start_timeout: float = 30.0  # seconds for a challenge to become a battle (server)
-    max_attempts: int = 3  # tries per battle before it is recorded as an error
+    max_attempts: int = 3  # tries per battle before it is recorded as an error (a dying server uses none)
     max_restarts: int = 10  # server or host restarts before the run gives up
     retry_errors: bool = True  # a resumed run tries error rows again
     max_battles: int = 0  # play at most this many battles this run (0: all); resume later

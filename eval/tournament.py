@@ -18,8 +18,9 @@ set, agents, pairing, variant, teams). Finished battles go to `OUT/results/*.par
 each, atomic shards) and their full logs to `OUT/logs/*.parquet` (battles/logs.py). Running the
 same command again plays only the battles whose key has no finished row: an interrupted run
 resumes, a new agent plays only its new pairs, and battles that ended in an error are tried
-again. A battle that times out, an agent that raises or a server that dies is retried up to
-`max_attempts` times, then recorded as an error with its reason, never as a result.
+again. A battle that times out or whose agent raises is retried up to `max_attempts` times,
+then recorded as an error with its reason, never as a result; a server or simulator host that
+dies is restarted (up to `max_restarts` times) and its battles replayed without using up a try.
 """
 
 from __future__ import annotations
