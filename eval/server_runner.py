@@ -136,7 +136,7 @@ class ServerRunner:
         return True
 
     async def _play(self, job: Job) -> dict:
-        gen, t0 = self.generation, time.monotonic()
+        gen = self.generation
         p1 = await self._player(job.specs[0], "p1", job.battle_format)
         p2 = await self._player(job.specs[1], "p2", job.battle_format)
         teams = [t if t is not None else p.next_team for t, p in zip(job.teams, (p1, p2))]
@@ -146,12 +146,12 @@ class ServerRunner:
                 await stack.enter_async_context(self.start_locks.setdefault(p.username, asyncio.Lock()))
             tag = await self._start_battle(gen, job.battle_format, p1, p2, teams)
         self.last_progress = time.monotonic()
-        flight = _Flight(tag, asyncio.Event(), last=t0)
+        flight = _Flight(tag, asyncio.Event())  # its clock starts now: the start has its own timeout
         self.flights[tag] = flight
         if tag in self.early:
             flight.fault = self.early.pop(tag)
             flight.done.set()
-        try:  # timed out when no decision came for battle_timeout seconds (from the challenge on)
+        try:  # timed out when no decision came for battle_timeout seconds (from its start on)
             while not flight.done.is_set():
                 left = self.battle_timeout - (time.monotonic() - flight.last)
                 if left <= 0:
@@ -316,7 +316,9 @@ class ServerRunner:
             await asyncio.sleep(self.check_every)
             if not self.server.is_alive():
                 await self._restart(self.generation, "the server died")
-            elif self.flights and time.monotonic() - self.last_progress > self.battle_timeout:
+            elif self.flights and time.monotonic() - self.last_progress > 2 * self.battle_timeout:
+                # Twice a battle's own timeout: a stalled battle is failed (and counted) by its
+                # waiter first; only a server where nothing moves at all is restarted.
                 await self._restart(self.generation, "the server stalled")
             now = time.monotonic()
             while self.finished and now - self.finished[0][0] > 5:
