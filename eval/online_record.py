@@ -132,6 +132,8 @@ class OnlineBattle:
                 continue  # not in the server's own log
             elif kind == "request":
                 self._request(parts)
+            elif kind == "move":
+                self._forced_move(parts)
             elif kind == "player" and len(parts) > 3 and parts[2] in ("p1", "p2") and parts[3]:
                 i = int(parts[2][1]) - 1
                 self.players[i] = parts[3]
@@ -160,6 +162,17 @@ class OnlineBattle:
                     self.rating_before, self.rating_after = int(match.group(2)), int(match.group(3))
             if kind not in PRIVATE and line.startswith("|"):
                 self.raw.append(line)
+
+    def _forced_move(self, parts: list[str]) -> None:
+        """A move the simulator made our Pokémon use whatever we chose (gen 1's partial-trapping
+        lock: `|move|p1a: Dragonite|Wrap|p2a: Snorlax|[from] Wrap`, its request still offering
+        every move): the simulator's input log writes that move, so our record does too."""
+        if len(parts) < 4 or not self.side or not parts[2].startswith(f"{self.side}a") or \
+                not self.choices or not self.choices[-1].startswith("move "):
+            return
+        move = to_id(parts[3])
+        if any(p.startswith("[from]") and to_id(p[len("[from]"):]) in (move, "lockedmove") for p in parts[4:]):
+            self.choices[-1] = f"move {move}"
 
     def _request(self, parts: list[str]) -> None:
         text = "|".join(parts[2:])

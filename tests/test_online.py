@@ -143,6 +143,29 @@ def test_recorder_writes_the_log_as_spectators_see_it():
                                                                                   "99/100", "0"]
 
 
+def test_recorder_writes_the_move_a_lock_forced_as_the_simulator_logs_it():
+    """Gen 1's partial trapping: the request offers every move, the simulator uses Wrap again
+    and logs `move wrap` in its input log; the record says the same, not the move we sent."""
+    from eval.online_record import OnlineBattle
+
+    moves = ["wrap", "thunderwave", "agility", "blizzard"]
+    request = {"side": {"id": "p1", "pokemon": [{"ident": "p1: Dragonite", "details": "Dragonite",
+                                                 "condition": "300/385", "moves": moves}]},
+               "active": [{"moves": [{"move": m, "id": m} for m in moves]}]}
+    battle = OnlineBattle("battle-gen1ou-8", "Me")
+    battle.feed(["|init|battle", "|player|p1|Me|1|", "|player|p2|You|2|", "|gen|1", "|start",
+                 "|switch|p1a: Dragonite|Dragonite|300/385", f"|request|{json.dumps(request)}", "|turn|1"])
+    battle.sent("/choose move 1")
+    battle.feed(["|move|p1a: Dragonite|Wrap|p2a: Snorlax", "|-damage|p2a: Snorlax|90/100", "|turn|2"])
+    battle.sent("/choose move thunderwave")
+    battle.feed(["|move|p1a: Dragonite|Wrap|p2a: Snorlax|[from] Wrap", "|-damage|p2a: Snorlax|80/100",
+                 "|move|p2a: Snorlax|Metronome|p1a: Dragonite", "|move|p2a: Snorlax|Tackle|p1a: Dragonite|[from]move: Metronome",
+                 "|turn|3"])
+    battle.sent("/choose move 3")
+    battle.feed(["|move|p1a: Dragonite|Agility|p1a: Dragonite", "|turn|4"])
+    assert battle.choices == ["move wrap", "move wrap", "move agility"]
+
+
 # -- the local server: ladder, challenge, signals --------------------------------------------
 @pytest.mark.server
 @pytest.mark.slow
@@ -176,7 +199,7 @@ def test_two_runs_ladder_against_each_other_and_build(showdown, tmp_path):
             assert len(rec.choices[ours]) == len(theirs)
             # Gen 1's partial trapping: the simulator logs the lone 'Fight' of a trapped turn where
             # the player's order named its move (as in battles.build and agents/search_labels.py).
-            assert all(a == b for a, b in zip(rec.choices[ours], theirs, strict=True) if b != "move fight")
+            assert [(a, b) for a, b in zip(rec.choices[ours], theirs, strict=True) if a != b and b != "move fight"] == []
             assert [m["species"] for m in rec.teams[ours]] == [m["species"] for m in server[f"{ours}team"]]
         summary = build(run, tmp_path / f"traj-{name}")
         assert summary["trajectories"] == 4 and summary["decisions"] > 0, summary
