@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -241,13 +241,23 @@ def test_a_build_killed_mid_shard_leaves_no_tmp_after_the_rerun(tmp_path):
     for i in range(8):
         (logs / f"{i}.json").write_text(json.dumps(variant(f"copy{i}")))
     out = tmp_path / "out"
-    # Four rows a shard: a shard's temporary file is open from each odd battle to the next.
-    code = "import sys; from battles.build import build; build([sys.argv[1]], sys.argv[2], rows_per_shard=4, progress=False)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(logs), str(out)], cwd=REPO)
-    while proc.poll() is None and not list(out.glob("*.tmp")):
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL and list(out.glob("*.tmp")), "the build ended before a shard was open"
+    # Four rows a shard; the build kills itself once the second shard's rows are in its temporary
+    # file, before that file is closed and renamed (the first shard finished).
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from battles.build import build
+        from battles.trajectories import ShardWriter
+        inner = ShardWriter._finish_shard
+        def dying(self):
+            if self.written:
+                os.kill(os.getpid(), signal.SIGKILL)
+            inner(self)
+        ShardWriter._finish_shard = dying
+        build([sys.argv[1]], sys.argv[2], rows_per_shard=4, progress=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(logs), str(out)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert list(out.glob("*.tmp")) and list(out.glob("*.parquet"))  # one shard done, one cut short
     summary = build([logs], out, progress=False, rows_per_shard=4)
     assert not list(out.glob("*.tmp"))
     ids = [t.battle_id + t.player for t in read_trajectories(out, columns=[])]

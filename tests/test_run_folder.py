@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -152,28 +151,35 @@ def test_a_kill_between_state_and_checkpoint_is_repaired_on_resume(tmp_path, tra
     assert not (run_dir / ".final.old-deadbeef").exists()
 
 
-def _kill_when(run_dir: Path, proc: subprocess.Popen, seen) -> bool:
-    """SIGKILL `proc` as soon as a path under run_dir satisfies `seen`; False if it ended first."""
-    while proc.poll() is None:
-        # os.walk, not rglob: folders are renamed under it, and a vanished one is no error.
-        if any(seen(Path(name)) for _, dirs, files in os.walk(run_dir) for name in dirs + files):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.001)  # leave the busy cores to the training being watched
-    return False
+# The child kills itself inside the save, at a point a poller could miss: after `module.name`
+# wrote into the save's temporary folder (named by `prefix`), before the folder is renamed.
+_DIE_IN_SAVE = """
+import os, runpy, signal, sys
+from pathlib import Path
+import {module} as m
+inner = m.{name}
+def dying(*args, **kwargs):
+    out = inner(*args, **kwargs)
+    if Path(args[{arg}]).parent.name.startswith({prefix!r}):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+m.{name} = dying
+sys.argv = ["stage0_pretrain", *sys.argv[1:]]
+runpy.run_module("curriculum.stage0_pretrain", run_name="__main__")
+"""
 
 
 @pytest.mark.parametrize("during", ["state save", "checkpoint save", "final save"])
 def test_sigkill_during_a_save_then_resume_keeps_every_checkpoint_and_metrics_once(tmp_path, trajectories, during):
     run_dir = tmp_path / "run"
-    seen = {"state save": lambda p: p.name.startswith(".tmp-step-"),
-            "checkpoint save": lambda p: p.name.startswith(".step-") and ".tmp-" in p.name,
-            "final save": lambda p: p.name.startswith(".final.tmp-")}[during]
+    where = {"state save": ("curriculum.trainer", "write_json", 0, ".tmp-step-"),
+             "checkpoint save": ("models.checkpoint", "save_file", 1, ".step-"),
+             "final save": ("models.checkpoint", "save_file", 1, ".final.tmp-")}[during]
+    code = _DIE_IN_SAVE.format(module=where[0], name=where[1], arg=where[2], prefix=where[3])
     args = pretrain_args(run_dir, trajectories)
-    proc = subprocess.Popen([sys.executable, "-m", "curriculum.stage0_pretrain", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _kill_when(run_dir, proc, seen), f"the run ended before any {during} was seen"
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before any {during}: {proc.stderr[-2000:]}"
+    assert any(p.name.startswith(where[3]) for p in run_dir.rglob(".*"))  # the save was cut short
     result = pretrain(load_config(PretrainConfig, None, args))
     assert result.finished and result.step == 4
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]

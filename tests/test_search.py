@@ -250,7 +250,16 @@ class Checked(SearchPlayer):
         except Exception as err:  # an exception here would stall the battle: record it instead
             self.mismatches.append(f"{battle.battle_tag} turn {battle.turn}: {err!r}")
         if self.killed_ok is None and self.checked >= self.kill_at and len(root_orders(battle, self)) > 1:
-            os.kill(self.pool.workers[0].pid, signal.SIGKILL)
+            # Killed mid-search: once its command is written, before the answer is read (killed
+            # earlier, the pool could find it dead and start a fresh one before the command).
+            worker = self.pool.workers[0]
+            lines, read = worker._lines, worker._lines.get
+
+            def killed_then_read(*args, **kwargs):
+                lines.get = read
+                os.kill(worker.pid, signal.SIGKILL)
+                return read(*args, **kwargs)
+            lines.get = killed_then_read
             before = self.fallbacks
             order = await super().choose_move(battle)
             self.killed_ok = self.fallbacks == before + 1  # the tactician decided this one

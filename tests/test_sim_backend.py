@@ -157,7 +157,7 @@ def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp
     hosts = []
     try:
         for _ in range(1200):  # until the first battle is on disk
-            hosts = hosts or [p for p in psutil.Process(proc.pid).children() if "sim_host.js" in " ".join(p.cmdline())]
+            hosts = hosts or _hosts_of(proc.pid)
             if list(out.glob("*.parquet")) or proc.poll() is not None:
                 break
             time.sleep(0.1)
@@ -182,6 +182,22 @@ def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp
     assert again.returncode == 0 and count_battles(out) == 60
 
 
+def _hosts_of(pid: int) -> list[psutil.Process]:
+    """The simulator hosts among `pid`'s children (a child may end while it is looked at)."""
+    hosts = []
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return hosts
+    for child in children:
+        try:
+            if "sim_host.js" in " ".join(child.cmdline()):
+                hosts.append(child)
+        except psutil.Error:
+            continue
+    return hosts
+
+
 def test_killed_worker_is_replaced_and_the_run_ends_at_exactly_n(tmp_path):
     import threading
 
@@ -193,7 +209,7 @@ def test_killed_worker_is_replaced_and_the_run_ends_at_exactly_n(tmp_path):
     victim = host = None
     for _ in range(3000):  # until a worker plays: it has a simulator host of its own
         for worker in psutil.Process().children():
-            hosts = [p for p in worker.children() if "sim_host.js" in " ".join(p.cmdline())]
+            hosts = _hosts_of(worker.pid)
             if hosts:
                 victim, host = worker, hosts[0]
                 break

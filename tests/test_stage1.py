@@ -214,8 +214,9 @@ def test_killed_while_playing_resumes_to_exactly_the_planned_battles(parent, sho
            "parent_data_share=0.3", *overrides]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and (count_battles(run / "battles") if (run / "battles").exists() else 0) < 3:
+        deadline = time.monotonic() + 600  # a bound, not a timing: the loop ends at 3 battles or the process' end
+        while time.monotonic() < deadline and proc.poll() is None and \
+                (count_battles(run / "battles") if (run / "battles").exists() else 0) < 3:
             time.sleep(0.05)
         assert proc.poll() is None, "the stage ended before it could be killed"
     finally:
