@@ -447,7 +447,7 @@ function bench(cmd) {
 	let steps = 0;
 	let cloneNs = 0n;
 	let stepNs = 0n;
-	while (process.hrtime.bigint() < deadline) {
+	while (clones === 0 || process.hrtime.bigint() < deadline) { // at least one, however late it starts
 		let t = process.hrtime.bigint();
 		let sim;
 		if (fresh) {
