@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from battles.logs import BattleRecord
-from battles.protocol import to_id
+from battles.protocol import parse_line, to_id
 
 # Lines a player gets that a public replay lacks (or that say nothing about the battle).
 PRIVATE = frozenset({
@@ -133,7 +133,7 @@ class OnlineBattle:
             elif kind == "request":
                 self._request(parts)
             elif kind == "move":
-                self._forced_move(parts)
+                self._forced_move(line)
             elif kind == "player" and len(parts) > 3 and parts[2] in ("p1", "p2") and parts[3]:
                 i = int(parts[2][1]) - 1
                 self.players[i] = parts[3]
@@ -163,15 +163,16 @@ class OnlineBattle:
             if kind not in PRIVATE and line.startswith("|"):
                 self.raw.append(line)
 
-    def _forced_move(self, parts: list[str]) -> None:
+    def _forced_move(self, line: str) -> None:
         """A move the simulator made our Pokémon use whatever we chose (gen 1's partial-trapping
         lock: `|move|p1a: Dragonite|Wrap|p2a: Snorlax|[from] Wrap`, its request still offering
         every move): the simulator's input log writes that move, so our record does too."""
-        if len(parts) < 4 or not self.side or not parts[2].startswith(f"{self.side}a") or \
+        ev = parse_line(line)
+        if ev is None or not self.side or not ev.arg(0).startswith(f"{self.side}a") or \
                 not self.choices or not self.choices[-1].startswith("move "):
             return
-        move = to_id(parts[3])
-        if any(p.startswith("[from]") and to_id(p[len("[from]"):]) in (move, "lockedmove") for p in parts[4:]):
+        move = to_id(ev.arg(1))
+        if to_id(ev.tags.get("from", "")) in (move, "lockedmove"):
             self.choices[-1] = f"move {move}"
 
     def _request(self, parts: list[str]) -> None:

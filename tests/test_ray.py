@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from battles.logs import count_battles, read_battle_logs
+from tests.test_sim_backend import sim_hosts_of
 
 ray = pytest.importorskip("ray")
 
@@ -27,8 +28,7 @@ def _playing_ray_worker() -> psutil.Process | None:
     """A Ray worker running a share whose simulator host is up."""
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "ray::_run_share" in " ".join(proc.info["cmdline"] or []) and any(
-                    "sim_host.js" in " ".join(c.cmdline()) for c in proc.children()):
+            if "ray::_run_share" in " ".join(proc.info["cmdline"] or []) and sim_hosts_of(proc.pid):
                 return proc
         except psutil.Error:
             continue

@@ -157,7 +157,7 @@ def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp
     hosts = []
     try:
         for _ in range(1200):  # until the first battle is on disk
-            hosts = hosts or _hosts_of(proc.pid)
+            hosts = hosts or sim_hosts_of(proc.pid)
             if list(out.glob("*.parquet")) or proc.poll() is not None:
                 break
             time.sleep(0.1)
@@ -182,7 +182,7 @@ def test_match_killed_midway_keeps_its_battles_and_a_rerun_ends_at_exactly_n(tmp
     assert again.returncode == 0 and count_battles(out) == 60
 
 
-def _hosts_of(pid: int) -> list[psutil.Process]:
+def sim_hosts_of(pid: int) -> list[psutil.Process]:
     """The simulator hosts among `pid`'s children (a child may end while it is looked at)."""
     hosts = []
     try:
@@ -209,7 +209,7 @@ def test_killed_worker_is_replaced_and_the_run_ends_at_exactly_n(tmp_path):
     victim = host = None
     for _ in range(3000):  # until a worker plays: it has a simulator host of its own
         for worker in psutil.Process().children():
-            hosts = _hosts_of(worker.pid)
+            hosts = sim_hosts_of(worker.pid)
             if hosts:
                 victim, host = worker, hosts[0]
                 break
